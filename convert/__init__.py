@@ -1,0 +1,1 @@
+"""XGBoost to ONNX conversion, model repository tools and the demo model build."""

@@ -1,0 +1,1 @@
+"""Inference server core: pipeline, HTTP app, configuration and CLI."""

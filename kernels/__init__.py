@@ -1,0 +1,1 @@
+"""Feature registry and Numba kernels shared by training and serving."""

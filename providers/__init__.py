@@ -1,0 +1,1 @@
+"""Market-data providers: the synthetic simulator and the real feeds."""

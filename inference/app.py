@@ -1,0 +1,294 @@
+"""The Falcon ASGI app: thin resources that parse, call the pipeline, and shape the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import falcon
+import falcon.asgi
+import msgspec
+
+from .config import Settings, load_settings
+from .errors import (
+    Forbidden,
+    InvalidOrder,
+    MalformedRequest,
+    ModelLoadError,
+    NotFound,
+    PayloadTooLarge,
+    PredictorError,
+    Unauthorized,
+    Unavailable,
+)
+from .logs import configure_logging
+from .schema import (
+    BATCH_DECODER,
+    ENCODER,
+    ORDER_DECODER,
+    RISK_REWARD_DECODER,
+    MalformedJSON,
+    SchemaError,
+    decode,
+)
+from .service import Service, build_service
+
+log = logging.getLogger(__name__)
+JSON = falcon.MEDIA_JSON
+
+
+class ServiceHolder:
+    """Where resources find the service once start-up has built it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.service: Service | None = None
+
+    def get(self) -> Service:
+        """The running service, or 503 while it is still starting."""
+        if self.service is None or not self.service.ready:
+            raise Unavailable("the server is starting; models are not loaded yet", retry_after=1)
+        return self.service
+
+
+class Lifespan:
+    """ASGI lifespan: build and warm everything before the first request, flip readiness."""
+
+    def __init__(self, holder: ServiceHolder) -> None:
+        self.holder = holder
+
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        """Load models, compile kernels and warm the pipeline; a failure aborts start-up."""
+        service = await asyncio.to_thread(build_service, self.holder.settings)
+        await service.start()
+        self.holder.service = service
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        """Turn not-ready, then release providers."""
+        if self.holder.service is not None:
+            await self.holder.service.stop()
+
+
+async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
+    """Read the body, refusing more than ``limit`` bytes without buffering the excess."""
+    # APPSEC: a declared length over the limit is refused before reading anything, and an
+    # undeclared (chunked) or understated body is cut off at limit + 1 bytes.
+    if req.content_length is not None and req.content_length > limit:
+        raise PayloadTooLarge(f"request body exceeds {limit} bytes", limit=limit)
+    body = await req.stream.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body exceeds {limit} bytes", limit=limit)
+    return body
+
+
+def parse(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """Decode a body into its schema type, mapping failures to 400 / 422."""
+    if not body:
+        raise MalformedRequest("empty request body; send a JSON object")
+    try:
+        return decode(decoder, body)
+    except MalformedJSON as ex:
+        raise MalformedRequest(str(ex)) from None
+    except SchemaError as ex:
+        raise InvalidOrder(ex.message, field=ex.field) from None
+
+
+def send(resp: falcon.asgi.Response, payload: Any, status: int = 200) -> None:
+    """Encode ``payload`` as the JSON response body."""
+    resp.status = status
+    resp.content_type = JSON
+    resp.data = ENCODER.encode(payload)
+
+
+class Resource:
+    """Base of the resources: access to the service and the body limit."""
+
+    def __init__(self, holder: ServiceHolder) -> None:
+        self.holder = holder
+        self.body_limit = holder.settings.performance.max_body_bytes
+
+
+class PredictResource(Resource):
+    """``POST /predict``: one order, one prediction."""
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Score one order."""
+        service = self.holder.get()
+        order = parse(ORDER_DECODER, await read_body(req, self.body_limit))
+        send(resp, await service.predictor.predict_one(order))
+
+
+class BatchResource(Resource):
+    """``POST /predict/batch``: many orders, answered by position."""
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Score a batch; per-order failures are items, not request failures."""
+        service = self.holder.get()
+        request = parse(BATCH_DECODER, await read_body(req, self.body_limit))
+        send(
+            resp, await service.predictor.predict_batch(request.requests, request.share_market_data)
+        )
+
+
+class RiskRewardResource(Resource):
+    """``POST /calculate_risk_reward``."""
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Compute risk, reward, ratio and breakevens of a structure."""
+        service = self.holder.get()
+        request = parse(RISK_REWARD_DECODER, await read_body(req, self.body_limit))
+        send(resp, service.predictor.risk_reward(request))
+
+
+class MarketResource(Resource):
+    """``GET /market/{symbol}``: the latest market view of one symbol."""
+
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str
+    ) -> None:
+        """Latest price and volatility with their provenance."""
+        service = self.holder.get()
+        symbol = symbol.upper()
+        predictor = service.predictor
+        resolved = await predictor.market.resolve(symbol, datetime.now(UTC))
+        if resolved is None:
+            raise NotFound(f"no market data for {symbol}", symbol=symbol)
+        closes = resolved.snapshot.bars["close"].to_numpy()
+        returns = closes[-21:][1:] / closes[-21:][:-1] - 1.0
+        volatility = float(returns.std(ddof=1)) if returns.size >= 2 else None
+        send(
+            resp,
+            {
+                "symbol": symbol,
+                "price": resolved.snapshot.last_close,
+                "volatility": volatility,
+                "source": resolved.snapshot.source,
+                "data_as_of": resolved.snapshot.as_of,
+                "stale": resolved.stale,
+            },
+        )
+
+
+class HealthResource(Resource):
+    """``GET /health``: the human summary."""
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Models, providers, caches and uptime."""
+        service = self.holder.service
+        if service is None:
+            send(resp, {"status": "starting"}, 503)
+            return
+        send(resp, service.health(), 200 if service.ready else 503)
+
+
+class LiveResource(Resource):
+    """``GET /v2/health/live``: the process can answer; never depends on providers."""
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Always 200 while the event loop runs."""
+        send(resp, {"live": True})
+
+
+class ReadyResource(Resource):
+    """``GET /v2/health/ready``: models loaded and warmed, kernels compiled, not stopping."""
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """200 when ready, else 503."""
+        service = self.holder.service
+        ready = service is not None and service.ready
+        send(resp, {"ready": ready}, 200 if ready else 503)
+
+
+class ModelsResource(Resource):
+    """``GET /models``: every loaded model with routing, features and parity."""
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """List the serving set."""
+        models = self.holder.get().predictor.models
+        send(
+            resp,
+            {
+                "repository": str(models.repository),
+                "loaded_at": models.loaded_at,
+                "models": [model.describe() for model in models.models],
+            },
+        )
+
+
+class ReloadResource(Resource):
+    """``POST /admin/reload``: swap in the repository's newest models atomically."""
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Reload; a bad candidate leaves the serving set unchanged and says why."""
+        admin = self.holder.settings.admin
+        if not admin.enabled:
+            raise Forbidden("admin endpoints are disabled (admin.enabled: false)")
+        if admin.token is not None and req.get_header("Authorization") != f"Bearer {admin.token}":
+            raise Unauthorized("a valid bearer token is required")
+        service = self.holder.get()
+        try:
+            model_set = await service.reload()
+        except ModelLoadError as ex:
+            log.error("reload refused", extra={"reason": str(ex)})
+            send(resp, {"error": f"reload refused, still serving the previous models: {ex}"}, 409)
+            return
+        send(resp, {"reloaded": True, "models": [model.label for model in model_set.models]})
+
+
+async def handle_domain_error(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: PredictorError, params: Any
+) -> None:
+    """Render a domain error as ``{"error": ...}`` with its status."""
+    if isinstance(ex, Unavailable):
+        resp.set_header("Retry-After", str(ex.retry_after))
+    send(resp, ex.to_body(), ex.status)
+
+
+async def handle_unexpected(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: Any
+) -> None:
+    """Log an unknown exception and answer a generic 500 that leaks nothing."""
+    if isinstance(ex, falcon.HTTPError):
+        send(resp, {"error": _http_error_text(ex)}, ex.status_code)
+        return
+    log.exception("unhandled error", extra={"path": req.path})
+    send(resp, {"error": "internal error"}, 500)
+
+
+def _http_error_text(ex: falcon.HTTPError) -> str:
+    return f"{ex.title}: {ex.description}" if ex.description else str(ex.title)
+
+
+def serialize_http_error(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: falcon.HTTPError
+) -> None:
+    """Falcon's own errors (404 route, 405 method) use the same ``{"error": ...}`` body."""
+    resp.content_type = JSON
+    resp.data = ENCODER.encode({"error": _http_error_text(ex)})
+
+
+def create_app(
+    settings: Settings | None = None, config_path: str | Path | None = None
+) -> falcon.asgi.App:
+    """Build the ASGI app (uvicorn/gunicorn factory); models load at lifespan start-up."""
+    settings = settings or load_settings(config_path)
+    configure_logging(settings.system.log_level)
+    holder = ServiceHolder(settings)
+    app = falcon.asgi.App(middleware=[Lifespan(holder)], cors_enable=False)
+    app.req_options.strip_url_path_trailing_slash = True
+    app.add_route("/predict", PredictResource(holder))
+    app.add_route("/predict/batch", BatchResource(holder))
+    app.add_route("/calculate_risk_reward", RiskRewardResource(holder))
+    app.add_route("/market/{symbol}", MarketResource(holder))
+    app.add_route("/health", HealthResource(holder))
+    app.add_route("/v2/health/live", LiveResource(holder))
+    app.add_route("/v2/health/ready", ReadyResource(holder))
+    app.add_route("/models", ModelsResource(holder))
+    app.add_route("/admin/reload", ReloadResource(holder))
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(PredictorError, handle_domain_error)
+    app.set_error_serializer(serialize_http_error)
+    return app

@@ -1,0 +1,513 @@
+"""The data plane: orders → market snapshots → features → onnxruntime → decisions. No HTTP here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from kernels.assemble import assemble
+from kernels.market import market_block, snapshot_arrays, vix_block
+from kernels.registry import MARKET_INDICATORS, ORDER_FEATURES, STRATEGIES, FeatureRegistry
+from kernels.trade import order_features, risk_reward
+
+from .cache import TTLCache
+from .errors import InvalidOrder, PayloadTooLarge
+from .market import MarketData, ResolvedSnapshot
+from .orders import (
+    OrderBatch,
+    OrderRejected,
+    build_batch,
+    canonical_strategy,
+    parse_action,
+    parse_option_type,
+    parse_strikes,
+)
+from .repository import LoadedModel, ModelSet
+from .schema import BatchMetrics, BatchResponse, Order, Prediction, RiskRewardRequest
+
+_N_IND = len(MARKET_INDICATORS)
+_COL = {name: index for index, name in enumerate(ORDER_FEATURES)}
+_RISK, _REWARD, _RATIO = _COL["risk"], _COL["reward"], _COL["risk_reward_ratio"]
+
+
+@dataclass(slots=True)
+class Tally:
+    """Cache counts of one batch (``batch_metrics``)."""
+
+    feature_hits: int = 0
+    feature_misses: int = 0
+    prediction_hits: int = 0
+    prediction_misses: int = 0
+    market_data_hits: int = 0
+    market_data_misses: int = 0
+
+
+@dataclass(slots=True)
+class MarketView:
+    """What one group of orders (one as-of time) sees of the market.
+
+    Attributes:
+        vector: The market feature vector in ``FeatureRegistry.market_columns`` order.
+        snapshots: Resolved snapshot per symbol (None when no provider has data).
+        key: Hashable identity of the data used, part of the prediction cache key.
+        source: Provider name(s) the data came from.
+        as_of: Start of the newest bar used.
+        stale: Whether any snapshot used is stale.
+    """
+
+    vector: np.ndarray
+    snapshots: dict[str, ResolvedSnapshot | None]
+    key: tuple[Any, ...]
+    source: str | None
+    as_of: datetime | None
+    stale: bool
+
+
+@dataclass(slots=True)
+class StageTimes:
+    """Seconds spent per pipeline stage in one batch (for metrics and benchmarks)."""
+
+    validate: float = 0.0
+    market_data: float = 0.0
+    features: float = 0.0
+    inference: float = 0.0
+    decide: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Work:
+    """The state of one batch as it moves through the stages."""
+
+    batch: OrderBatch
+    now: datetime
+    answers: list[Prediction | None]
+    routed: list[LoadedModel | None] = field(default_factory=list)
+    views: list[MarketView] = field(default_factory=list)
+    view_of_row: list[int] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
+    stages: StageTimes = field(default_factory=StageTimes)
+
+    def model(self, row: int) -> LoadedModel:
+        """The model row ``row`` was routed to (only called for routed rows)."""
+        model = self.routed[row]
+        assert model is not None
+        return model
+
+    def view(self, row: int) -> MarketView:
+        """The market view row ``row`` sees."""
+        return self.views[self.view_of_row[row]]
+
+
+class MarketFeatures:
+    """Market feature vectors per as-of time: provider chain → kernels, with the block cache.
+
+    Serving and the demo-model trainer both compute market features through this class.
+    """
+
+    def __init__(
+        self, market: MarketData, registry: FeatureRegistry, cache: TTLCache[np.ndarray]
+    ) -> None:
+        self.market = market
+        self.registry = registry
+        self.cache = cache
+        self._universe_index = {symbol: i for i, symbol in enumerate(registry.universe)}
+        self._vix_offset = len(registry.universe) * _N_IND
+
+    async def view(self, symbols: list[str], as_of: datetime, tally: Tally) -> MarketView:
+        """Resolve ``symbols`` as of ``as_of`` and build the market feature vector."""
+        hits_before, misses_before = self.market.cache.hits, self.market.cache.misses
+        resolved = await self.market.resolve_many(symbols, as_of)
+        tally.market_data_hits += self.market.cache.hits - hits_before
+        tally.market_data_misses += self.market.cache.misses - misses_before
+        vector = np.full(len(self.registry.market_columns), np.nan)
+        t_ns = int(as_of.timestamp() * 1e6) * 1000
+        clock = time.monotonic()
+        pending: list[tuple[str, ResolvedSnapshot, tuple[Any, ...]]] = []
+        for symbol, entry in resolved.items():
+            if entry is None or (symbol not in self._universe_index and symbol != "VIX"):
+                continue
+            block_key = (entry.snapshot.source, symbol, entry.snapshot.as_of)
+            block = self.cache.get(block_key, clock)
+            if block is None:
+                tally.feature_misses += 1
+                pending.append((symbol, entry, block_key))
+            else:
+                tally.feature_hits += 1
+                self._place(vector, symbol, block)
+        if pending:
+            self._compute_blocks(vector, pending, t_ns, clock)
+        used = [entry for entry in resolved.values() if entry is not None]
+        sources = sorted({entry.snapshot.source for entry in used})
+        return MarketView(
+            vector=vector,
+            snapshots=resolved,
+            key=tuple(
+                (symbol, entry.snapshot.source, entry.snapshot.as_of)
+                for symbol, entry in resolved.items()
+                if entry is not None
+            ),
+            source="+".join(sources) if sources else None,
+            as_of=max((entry.snapshot.as_of for entry in used), default=None),
+            stale=any(entry.stale for entry in used),
+        )
+
+    def _compute_blocks(
+        self,
+        vector: np.ndarray,
+        pending: list[tuple[str, ResolvedSnapshot, tuple[Any, ...]]],
+        t_ns: int,
+        clock: float,
+    ) -> None:
+        equities = [(s, e, k) for s, e, k in pending if s != "VIX"]
+        if equities:
+            arrays = snapshot_arrays([entry.snapshot.bars for _, entry, _ in equities])
+            blocks = market_block(*arrays, t_ns)
+            for (symbol, _, key), block in zip(equities, blocks, strict=True):
+                block = block.copy()
+                self.cache.put(key, block, clock)
+                self._place(vector, symbol, block)
+        for symbol, entry, key in pending:
+            if symbol != "VIX":
+                continue
+            starts, _, _, close, _ = snapshot_arrays([entry.snapshot.bars])
+            block = vix_block(starts, close, t_ns, self.registry.vix_bounds)
+            self.cache.put(key, block, clock)
+            self._place(vector, symbol, block)
+
+    def _place(self, vector: np.ndarray, symbol: str, block: np.ndarray) -> None:
+        if symbol == "VIX":
+            vector[self._vix_offset : self._vix_offset + block.shape[0]] = block
+            return
+        start = self._universe_index[symbol] * _N_IND
+        vector[start : start + _N_IND] = block
+
+
+class Predictor:
+    """Scores batches of orders against the current model set.
+
+    The model set is one reference, read once per batch, so a reload never mixes two
+    model versions inside a batch and in-flight batches finish on the set they started with.
+    """
+
+    def __init__(
+        self,
+        models: ModelSet,
+        market: MarketData,
+        registry: FeatureRegistry,
+        *,
+        max_batch_size: int = 100,
+        feature_cache: TTLCache[np.ndarray] | None = None,
+        prediction_cache: TTLCache[Prediction] | None = None,
+    ) -> None:
+        self._models = models
+        self.market = market
+        self.registry = registry
+        self.max_batch_size = max_batch_size
+        self.features = MarketFeatures(
+            market, registry, feature_cache or TTLCache("features", 1000, 60.0)
+        )
+        self.prediction_cache = prediction_cache or TTLCache("predictions", 1000, 300.0)
+        self.last_stages = StageTimes()
+
+    @property
+    def models(self) -> ModelSet:
+        """The model set serving new batches."""
+        return self._models
+
+    def swap_models(self, models: ModelSet) -> None:
+        """Serve ``models`` from the next batch on (one reference assignment)."""
+        self._models = models
+        self.prediction_cache.clear()
+
+    async def predict_batch(
+        self, orders: Sequence[Order], share_market_data: bool = True, now: datetime | None = None
+    ) -> BatchResponse:
+        """Answer every order, in request order; a bad order only fails its own item.
+
+        Raises:
+            PayloadTooLarge: more orders than ``max_batch_size`` (never truncated).
+        """
+        started = time.perf_counter()
+        if len(orders) > self.max_batch_size:
+            raise PayloadTooLarge(
+                f"batch of {len(orders)} orders exceeds max_batch_size {self.max_batch_size}; "
+                "split it into smaller batches",
+                max_batch_size=self.max_batch_size,
+                received=len(orders),
+            )
+        now = now or datetime.now(UTC)
+        work = _Work(batch=build_batch(list(orders), now), now=now, answers=[None] * len(orders))
+        self._route(work, self._models)
+        work.stages.validate = time.perf_counter() - started
+
+        mark = time.perf_counter()
+        await self._market_views(work, share_market_data)
+        work.stages.market_data = time.perf_counter() - mark
+
+        to_score = self._from_cache(work, self._attach_prices(work))
+        if to_score:
+            self._score(work, to_score)
+
+        batch = work.batch
+        for position, (field_name, message) in batch.errors.items():
+            work.answers[position] = _error_item(batch, position, field_name, message, now)
+        tally = work.tally
+        self.last_stages = work.stages
+        return BatchResponse(
+            predictions=[answer for answer in work.answers if answer is not None],
+            batch_metrics=BatchMetrics(
+                **{name: getattr(tally, name) for name in Tally.__slots__},
+                elapsed_ms=(time.perf_counter() - started) * 1e3,
+            ),
+        )
+
+    async def predict_one(self, order: Order, now: datetime | None = None) -> Prediction:
+        """Answer one order; a per-order failure becomes a 422 naming the field."""
+        response = await self.predict_batch([order], True, now)
+        answer = response.predictions[0]
+        if answer.error is not None:
+            message = answer.error.removeprefix("requests[0].")
+            raise InvalidOrder(message, field=message.partition(":")[0])
+        return answer
+
+    # -- stages ---------------------------------------------------------------------------
+
+    def _route(self, work: _Work, model_set: ModelSet) -> None:
+        """Pick each order's model from one model set, so a batch never mixes two."""
+        batch = work.batch
+        for position in batch.valid:
+            model = model_set.route(batch.symbols[position], batch.strategies[position])
+            if model is None:
+                batch.errors[position] = (
+                    "symbol",
+                    f"no model serves {batch.symbols[position]} / {batch.strategies[position]}",
+                )
+            work.routed.append(model)
+
+    async def _market_views(self, work: _Work, share: bool) -> None:
+        """Resolve one market view per as-of group and record each row's view."""
+        batch, routed = work.batch, work.routed
+        rows = [row for row, model in enumerate(routed) if model is not None]
+        work.view_of_row = [-1] * len(routed)
+        groups: dict[Any, list[int]] = {}
+        for row in rows:
+            # Shared: one snapshot for the whole batch. Otherwise orders whose times fall
+            # between the same two bar completions see the same data, so they share a view.
+            key = None if share else batch.times[row].timestamp() // 300
+            groups.setdefault(key, []).append(row)
+        for members in groups.values():
+            # The earliest decision time of the group: no order sees a bar from its future.
+            as_of = min(batch.times[row] for row in members)
+            symbols: dict[str, None] = {}
+            for row in members:
+                plan = work.model(row).plan
+                symbols.update(dict.fromkeys(plan.symbols))
+                if plan.needs_vix:
+                    symbols["VIX"] = None
+                symbols[batch.symbols[batch.valid[row]]] = None
+            view = await self.features.view(list(symbols), as_of, work.tally)
+            for row in members:
+                work.view_of_row[row] = len(work.views)
+            work.views.append(view)
+
+    def _attach_prices(self, work: _Work) -> list[int]:
+        """Fill each order's price from its symbol's latest close; drop orders with no data."""
+        batch = work.batch
+        columns = batch.columns
+        assert columns is not None
+        scorable: list[int] = []
+        for row, model in enumerate(work.routed):
+            if model is None:
+                continue
+            position = batch.valid[row]
+            symbol = batch.symbols[position]
+            entry = work.view(row).snapshots.get(symbol)
+            if entry is None:
+                providers = ", ".join(slot.provider.name for slot in self.market.slots)
+                batch.errors[position] = (
+                    "symbol",
+                    f"no market data for {symbol} from any provider ({providers})",
+                )
+                continue
+            if np.isnan(columns.price[row]):
+                columns.price[row] = entry.snapshot.last_close
+            scorable.append(row)
+        return scorable
+
+    def _cache_key(self, work: _Work, row: int) -> tuple[Any, ...]:
+        return (work.model(row).label, work.view(row).key, work.batch.keys[row])
+
+    def _from_cache(self, work: _Work, rows: list[int]) -> list[int]:
+        """Answer rows from the prediction cache; return the rows still to score."""
+        clock = time.monotonic()
+        misses: list[int] = []
+        for row in rows:
+            cached = self.prediction_cache.get(self._cache_key(work, row), clock)
+            if cached is None:
+                work.tally.prediction_misses += 1
+                misses.append(row)
+            else:
+                work.tally.prediction_hits += 1
+                work.answers[work.batch.valid[row]] = msgspec.structs.replace(
+                    cached, cached=True, timestamp=work.now
+                )
+        return misses
+
+    def _score(self, work: _Work, rows: list[int]) -> None:
+        """Compute features for the batch once, then one onnxruntime call per routed model."""
+        stages, batch = work.stages, work.batch
+        mark = time.perf_counter()
+        assert batch.columns is not None
+        features = order_features(batch.columns)
+        market = np.stack([view.vector for view in work.views])
+        stages.features = time.perf_counter() - mark
+        by_model: dict[int, tuple[LoadedModel, list[int]]] = {}
+        for row in rows:
+            model = work.model(row)
+            by_model.setdefault(id(model), (model, []))[1].append(row)
+        clock = time.monotonic()
+        for model, members in by_model.values():
+            mark = time.perf_counter()
+            matrix, missing = assemble(
+                model.maps,
+                features,
+                market,
+                np.asarray(members, dtype=np.intp),
+                np.asarray([work.view_of_row[row] for row in members], dtype=np.intp),
+                model.zero_missing,
+            )
+            stages.features += time.perf_counter() - mark
+            mark = time.perf_counter()
+            probabilities = model.score(matrix)
+            stages.inference += time.perf_counter() - mark
+            mark = time.perf_counter()
+            # PERF: one small struct per order; the arithmetic above was columnar.
+            for k, row in enumerate(members):
+                position = batch.valid[row]
+                answer = _prediction(
+                    model,
+                    batch.strategies[position],
+                    batch.symbols[position],
+                    float(probabilities[k]),
+                    features[row],
+                    int(missing[k]),
+                    work.view(row),
+                    work.now,
+                )
+                work.answers[position] = answer
+                self.prediction_cache.put(self._cache_key(work, row), answer, clock)
+            stages.decide += time.perf_counter() - mark
+
+    # -- other endpoints --------------------------------------------------------------------
+
+    def risk_reward(self, request: RiskRewardRequest) -> dict[str, Any]:
+        """Risk, reward, ratio and breakevens of one structure (``/calculate_risk_reward``).
+
+        Raises:
+            InvalidOrder: unknown strategy, bad action/type, wrong strike count, premium <= 0.
+        """
+        try:
+            code = canonical_strategy(request.strategy)
+            strikes = parse_strikes(request.strikes, code)
+            if not strikes:
+                raise OrderRejected("strikes", "at least one set of strikes is required")
+            if not request.premium > 0:
+                raise OrderRejected("premium", f"must be > 0, got {request.premium}")
+            if request.quantity < 1:
+                raise OrderRejected("quantity", f"must be >= 1, got {request.quantity}")
+            action = parse_action(request.action, code)
+            option_type = parse_option_type(request.option_type)
+        except OrderRejected as ex:
+            raise InvalidOrder(f"{ex.field}: {ex.message}", field=ex.field) from None
+        padded = np.full((1, 4), np.nan)
+        padded[0, : len(strikes)] = strikes
+        risk, reward, ratio, low, high = risk_reward(
+            np.array([code], dtype=np.int8),
+            np.array([action], dtype=np.int8),
+            np.array([option_type], dtype=np.int8),
+            padded,
+            np.array([len(strikes)], dtype=np.int8),
+            np.array([request.premium]),
+            np.array([float(request.quantity)]),
+        )
+        breakevens = sorted({_finite(low[0]), _finite(high[0])} - {None})  # type: ignore[type-var]
+        return {
+            "symbol": request.symbol.upper(),
+            "strategy": STRATEGIES[code],
+            "risk": _finite(risk[0]),
+            "reward": _finite(reward[0]),
+            "risk_reward_ratio": _finite(ratio[0]),
+            "breakevens": breakevens,
+        }
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _prediction(
+    model: LoadedModel,
+    strategy: str,
+    symbol: str,
+    probability: float,
+    feature_row: np.ndarray,
+    missing: int,
+    view: MarketView,
+    now: datetime,
+) -> Prediction:
+    threshold = model.threshold(strategy)
+    return Prediction(
+        timestamp=now,
+        symbol=symbol,
+        strategy=strategy,
+        win_probability=probability,
+        prediction="WIN" if probability >= threshold else "LOSS",
+        data_source=view.source,
+        n_features=len(model.plan.names),
+        threshold=threshold,
+        model_type=model.manifest.kind,
+        model_version=model.label,
+        loss_probability=1.0 - probability,
+        confidence=abs(probability - 0.5) * 2.0,
+        risk=_finite(feature_row[_RISK]),
+        reward=_finite(feature_row[_REWARD]),
+        risk_reward_ratio=_finite(feature_row[_RATIO]),
+        data_as_of=view.as_of,
+        stale=view.stale,
+        missing_features=missing,
+        cached=False,
+    )
+
+
+def _error_item(
+    batch: OrderBatch, position: int, field_name: str, message: str, now: datetime
+) -> Prediction:
+    return Prediction(
+        timestamp=now,
+        symbol=batch.symbols[position],
+        strategy=batch.strategies[position],
+        win_probability=None,
+        prediction="UNKNOWN",
+        data_source=None,
+        n_features=0,
+        threshold=None,
+        model_type=None,
+        model_version=None,
+        loss_probability=None,
+        confidence=None,
+        risk=None,
+        reward=None,
+        risk_reward_ratio=None,
+        data_as_of=None,
+        stale=False,
+        missing_features=0,
+        cached=False,
+        error=f"requests[{position}].{field_name}: {message}",
+    )

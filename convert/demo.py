@@ -71,16 +71,18 @@ def trading_days(first: date, count: int) -> list[date]:
 
 def _payoff(strategy: int, option_type: int, strikes: np.ndarray, settle: np.ndarray) -> np.ndarray:
     """Expiry value (points) of the long structure, or the loss of the short one."""
+    value: np.ndarray
     if strategy == 0:
-        low, mid, _ = strikes[..., 0], strikes[..., 1], strikes[..., 2]
-        return np.maximum(0.0, (mid - low) - np.abs(settle - mid))
-    if strategy in (1, 2):
+        low, mid = strikes[..., 0], strikes[..., 1]
+        value = np.maximum(0.0, (mid - low) - np.abs(settle - mid))
+    elif strategy in (1, 2):
         s1, s2, s3, s4 = (strikes[..., k] for k in range(4))
-        return np.clip(s2 - settle, 0.0, s2 - s1) + np.clip(settle - s3, 0.0, s4 - s3)
-    k1, k2 = strikes[..., 0], strikes[..., 1]
-    if option_type == 1:
-        return np.clip(k2 - settle, 0.0, k2 - k1)
-    return np.clip(settle - k1, 0.0, k2 - k1)
+        value = np.clip(s2 - settle, 0.0, s2 - s1) + np.clip(settle - s3, 0.0, s4 - s3)
+    elif option_type == 1:
+        value = np.clip(strikes[..., 1] - settle, 0.0, strikes[..., 1] - strikes[..., 0])
+    else:
+        value = np.clip(settle - strikes[..., 0], 0.0, strikes[..., 1] - strikes[..., 0])
+    return value
 
 
 def _fair_value(

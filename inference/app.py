@@ -272,12 +272,15 @@ def serialize_http_error(
 
 def create_app(
     settings: Settings | None = None, config_path: str | Path | None = None
-) -> falcon.asgi.App:
+) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
     """Build the ASGI app (uvicorn/gunicorn factory); models load at lifespan start-up."""
     settings = settings or load_settings(config_path)
     configure_logging(settings.system.log_level)
     holder = ServiceHolder(settings)
-    app = falcon.asgi.App(middleware=[Lifespan(holder)], cors_enable=False)
+    app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response] = falcon.asgi.App(
+        middleware=[Lifespan(holder)],  # type: ignore[arg-type]  # lifespan-only middleware
+        cors_enable=False,
+    )
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/predict", PredictResource(holder))
     app.add_route("/predict/batch", BatchResource(holder))

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .config import ENV_PREFIX, PROJECT_ROOT, ConfigError, load_settings
+
+if TYPE_CHECKING:
+    from kernels.registry import FeatureRegistry
 
 #: Thread pools per worker: N workers on N cores must not each start N threads (SPEC §7).
 WORKER_THREAD_ENV = {
@@ -23,8 +29,30 @@ WORKER_THREAD_ENV = {
 @click.group(
     context_settings={"auto_envvar_prefix": "MAGIC8", "help_option_names": ["-h", "--help"]}
 )
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Win probabilities for Magic8 0DTE option orders."""
+    from convert.command import KNOWN_FEATURES_KEY
+
+    ctx.meta[KNOWN_FEATURES_KEY] = _registry_check()
+
+
+def _registry_check() -> Callable[[list[str]], None]:
+    """Return the feature registry's check for ``magic8 convert``, built on first use."""
+    registries: list[FeatureRegistry] = []
+
+    def check(names: list[str]) -> None:
+        """Raise ValueError listing every name the configured registry does not know."""
+        if not registries:
+            from .service import make_registry
+
+            try:
+                registries.append(make_registry(load_settings()))
+            except ConfigError as ex:
+                raise ValueError(f"cannot build the feature registry: {ex}") from None
+        registries[0].plan(names)
+
+    return check
 
 
 def _export(name: str, value: object | None) -> None:
@@ -72,7 +100,8 @@ def serve(
     if settings.server.workers > 1:
         os.environ.update(WORKER_THREAD_ENV)
         conf = PROJECT_ROOT / "gunicorn.conf.py"
-        os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(conf)])
+        # The CLI becomes the gunicorn master: no extra process between it and its supervisor.
+        os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(conf)])  # noqa: S606
 
     import uvicorn
 
@@ -86,6 +115,130 @@ def serve(
         log_config=None,
         timeout_graceful_shutdown=10,
     )
+
+
+@main.command()
+@click.option(
+    "--source",
+    type=click.Choice(["ibkr", "synthetic", "replay"]),
+    default="synthetic",
+    show_default=True,
+    help="Where the bars come from (ibkr: the one IB connection of the deployment).",
+)
+@click.option(
+    "--redis",
+    "redis_address",
+    default=None,
+    help="redis://host:port/db to publish to (default: data_source.redis).",
+)
+@click.option(
+    "--symbols", default=None, help="Comma-separated tickers (default: the universe plus VIX)."
+)
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="Seconds between beats."
+)
+@click.option("--keep-bars", type=int, default=300, show_default=True, help="Bars kept per symbol.")
+@click.option(
+    "--replay-path",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Replay: folder of {SYMBOL}.parquet/.csv (default: data_source.replay.path).",
+)
+@click.option(
+    "--day",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Replay: the New York session to publish (default: the newest in the files).",
+)
+@click.option(
+    "--speed",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Replay: market seconds per real second, from the day's 09:30.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="YAML configuration file (default: config/config.yaml).",
+)
+def feed(
+    source: str,
+    redis_address: str | None,
+    symbols: str | None,
+    interval: float,
+    keep_bars: int,
+    replay_path: Path | None,
+    day: datetime | None,
+    speed: float,
+    config_path: Path | None,
+) -> None:
+    """Publish bars, quotes and a heartbeat to Redis: the one process that talks to IB."""
+    import asyncio
+    import signal
+
+    from providers.base import MarketDataProvider, ProviderError
+    from providers.calendar import session_open
+    from providers.feed import FeedPublisher, replay_clock
+    from providers.replay import ReplayProvider
+
+    from .logs import configure_logging
+    from .service import make_provider, market_symbols, redis_url
+
+    if config_path is not None:
+        _export("CONFIG", config_path.resolve())
+    try:
+        settings = load_settings()
+    except ConfigError as ex:
+        raise click.ClickException(str(ex)) from None
+    configure_logging(settings.system.log_level)
+    tickers = (
+        [part.strip().upper() for part in symbols.split(",") if part.strip()]
+        if symbols
+        else list(market_symbols(settings))
+    )
+    provider: MarketDataProvider
+    clock = None
+    if source == "replay":
+        replay = ReplayProvider(replay_path or settings.data_source.replay.path, tickers)
+        try:
+            replay.load()
+        except ProviderError as ex:
+            raise click.ClickException(str(ex)) from None
+        sessions = replay.sessions()
+        session = day.date() if day is not None else sessions[-1]
+        if session not in sessions:
+            raise click.ClickException(f"no bars on {session}; the files hold {sessions}")
+        clock = replay_clock(session_open(session), speed)
+        provider = replay
+    else:
+        try:
+            provider, _ = make_provider(source, settings)
+        except ConfigError as ex:
+            raise click.ClickException(str(ex)) from None
+    publisher = FeedPublisher(
+        provider,
+        redis_address or redis_url(settings),
+        tickers,
+        interval_s=interval,
+        keep_bars=keep_bars,
+        clock=clock,
+        channel_template=settings.data_source.redis.channels.price_data,
+        heartbeat_channel=settings.data_source.redis.channels.heartbeat,
+        vix_channel=settings.data_source.redis.channels.vix_data,
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, stop.set)
+        await publisher.run(stop)
+
+    click.echo(f"feed: {source} -> {publisher.redis_url} ({', '.join(publisher.symbols)})")
+    asyncio.run(run())
 
 
 @main.command("demo-model")
@@ -117,20 +270,33 @@ def demo_model(out: Path, seed: int, days: int, holdout: float) -> None:
 @click.argument(
     "repository", type=click.Path(file_okay=False, exists=True, path_type=Path), required=False
 )
-def list_models(repository: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print what GET /models shows, as JSON.")
+def list_models(repository: Path | None, as_json: bool) -> None:
     """Verify and list the models of a repository (default: the configured one)."""
+    import msgspec
+
     from convert.command import print_summary
 
     from .errors import ModelLoadError
     from .repository import load_repository
     from .service import make_registry
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigError as ex:
+        raise click.ClickException(str(ex)) from None
     path = repository or Path(settings.prediction.models_dir)
     try:
         model_set = load_repository(path, make_registry(settings), warm=False)
     except ModelLoadError as ex:
         raise click.ClickException(str(ex)) from None
+    if as_json:
+        listing = {
+            "repository": str(model_set.repository),
+            "models": [model.describe() for model in model_set.models],
+        }
+        click.echo(msgspec.json.format(msgspec.json.encode(listing), indent=2))
+        return
     print_summary([model.manifest for model in model_set.models])
 
 

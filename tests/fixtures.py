@@ -100,7 +100,9 @@ def demo_settings(repository: Path = DEMO_REPOSITORY, **sections: Any) -> Settin
 
 
 @asynccontextmanager
-async def running_app(settings: Settings | None = None) -> AsyncIterator[falcon.testing.ASGIConductor]:
+async def running_app(
+    settings: Settings | None = None,
+) -> AsyncIterator[falcon.testing.ASGIConductor]:
     """The ASGI app with its lifespan run (models loaded and warmed), in process."""
     app = create_app(settings or demo_settings())
     async with falcon.testing.ASGIConductor(app) as conductor:

@@ -130,12 +130,15 @@ async def test_empty_batch_is_an_empty_answer() -> None:
 async def test_non_numeric_or_non_finite_premium_is_422_naming_the_field(
     raw_order: bytes, field: str
 ) -> None:
-    item = b'{"symbol": "SPX", "strategy": "Butterfly", "predicted_price": 5855, ' + raw_order + b"}"
+    item = (
+        b'{"symbol": "SPX", "strategy": "Butterfly", "predicted_price": 5855, ' + raw_order + b"}"
+    )
     async with running_app() as client:
         single = await client.simulate_post("/predict", body=item)
         batch = await client.simulate_post(
-            "/predict/batch", body=b'{"requests": [{"symbol": "SPX", "strategy": "Sonar", '
-            b'"premium": 1, "predicted_price": 2}, ' + item + b"]}"
+            "/predict/batch",
+            body=b'{"requests": [{"symbol": "SPX", "strategy": "Sonar", '
+            b'"premium": 1, "predicted_price": 2}, ' + item + b"]}",
         )
     assert single.status_code == 422
     assert single.json["field"] == field
@@ -146,7 +149,9 @@ async def test_non_numeric_or_non_finite_premium_is_422_naming_the_field(
 
 async def test_unknown_strategy_lists_valid_names() -> None:
     async with running_app() as client:
-        result = await client.simulate_post("/predict", json=order("SPX", "Butterfly") | {"strategy": "Condor"})
+        result = await client.simulate_post(
+            "/predict", json=order("SPX", "Butterfly") | {"strategy": "Condor"}
+        )
     assert result.status_code == 422
     assert result.json["field"] == "strategy"
     for name in ("Butterfly", "Iron Condor", "Vertical", "Sonar"):
@@ -194,9 +199,7 @@ async def test_strategy_aliases_and_symbol_case_are_canonicalised() -> None:
     assert len({p["win_probability"] for p in predictions}) == 1
 
 
-@pytest.mark.parametrize(
-    "body", [b"{", b"not json", b"", b"{\"requests\": [", b"\xff\xfe"]
-)
+@pytest.mark.parametrize("body", [b"{", b"not json", b"", b'{"requests": [', b"\xff\xfe"])
 async def test_malformed_json_is_400(body: bytes) -> None:
     async with running_app() as client:
         result = await client.simulate_post("/predict/batch", body=body)
@@ -206,7 +209,9 @@ async def test_malformed_json_is_400(body: bytes) -> None:
 
 async def test_schema_mismatch_is_422_naming_the_path() -> None:
     async with running_app() as client:
-        missing = await client.simulate_post("/predict/batch", json={"requests": [{"symbol": "SPX"}]})
+        missing = await client.simulate_post(
+            "/predict/batch", json={"requests": [{"symbol": "SPX"}]}
+        )
         wrong = await client.simulate_post("/predict/batch", json={"requests": "SPX"})
         naive = await client.simulate_post(
             "/predict", json=order("SPX", "Butterfly") | {"timestamp": "2025-03-04T11:00:00"}
@@ -234,7 +239,10 @@ async def test_repeated_batch_is_served_from_the_prediction_cache() -> None:
 
 async def test_cache_key_includes_the_strategy() -> None:
     # The old server cached features under a key that ignored the strategy.
-    same_everything = [order("SPX", "Iron Condor"), order("SPX", "Iron Condor") | {"strategy": "Sonar"}]
+    same_everything = [
+        order("SPX", "Iron Condor"),
+        order("SPX", "Iron Condor") | {"strategy": "Sonar"},
+    ]
     async with running_app() as client:
         result = await client.simulate_post("/predict/batch", json={"requests": same_everything})
     first, second = result.json["predictions"]

@@ -33,7 +33,8 @@ async def test_a_different_timestamp_changes_temporal_and_market_features(
     early = as_order(order("SPX", "Butterfly", TUESDAY_MORNING))
     later = as_order(order("SPX", "Butterfly", TUESDAY_MORNING + timedelta(hours=2, minutes=10)))
     inputs = await predictor.model_inputs([early, later], share_market_data=False)
-    assert inputs[0] is not None and inputs[1] is not None
+    assert inputs[0] is not None
+    assert inputs[1] is not None
     (label_a, row_a), (label_b, row_b) = inputs[0], inputs[1]
     names = predictor.models.models[0].manifest.features
     assert label_a == label_b
@@ -47,7 +48,8 @@ async def test_same_order_same_time_gives_the_same_row(predictor: Predictor) -> 
     body = order("RUT", "Sonar", TUESDAY_MORNING)
     first = await predictor.model_inputs([as_order(body)])
     second = await predictor.model_inputs([as_order(body)])
-    assert first[0] is not None and second[0] is not None
+    assert first[0] is not None
+    assert second[0] is not None
     np.testing.assert_array_equal(first[0][1], second[0][1])
 
 
@@ -76,7 +78,9 @@ async def test_batch_metrics_count_this_batch_only(predictor: Predictor) -> None
 
 
 async def test_missing_features_are_counted(predictor: Predictor) -> None:
-    bare = as_order({"symbol": "SPX", "strategy": "Butterfly", "premium": 2.0, "predicted_price": 5800})
+    bare = as_order(
+        {"symbol": "SPX", "strategy": "Butterfly", "premium": 2.0, "predicted_price": 5800}
+    )
     full = as_order(order("SPX", "Butterfly", TUESDAY_MORNING))
     response = await predictor.predict_batch([bare, full])
     without, with_strikes = response.predictions

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 def serving(*args: str) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAGIC8_")}
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     process = subprocess.Popen(
         [sys.executable, "-m", "inference.cli", "serve", "--port", str(port), *args],
         env=env,

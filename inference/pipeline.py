@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -211,9 +211,15 @@ class Predictor:
         self.registry = registry
         self.max_batch_size = max_batch_size
         self.features = MarketFeatures(
-            market, registry, feature_cache or TTLCache("features", 1000, 60.0)
+            market,
+            registry,
+            # An empty TTLCache is falsy (it has __len__): test for None, or the configured
+            # caches would be replaced by these defaults.
+            TTLCache("features", 1000, 60.0) if feature_cache is None else feature_cache,
         )
-        self.prediction_cache = prediction_cache or TTLCache("predictions", 1000, 300.0)
+        self.prediction_cache = (
+            TTLCache("predictions", 1000, 300.0) if prediction_cache is None else prediction_cache
+        )
         self.last_stages = StageTimes()
 
     @property
@@ -360,8 +366,15 @@ class Predictor:
                 )
         return misses
 
-    def _score(self, work: _Work, rows: list[int]) -> None:
-        """Compute features for the batch once, then one onnxruntime call per routed model."""
+    def _assembled(
+        self, work: _Work, rows: list[int]
+    ) -> Iterator[tuple[LoadedModel, list[int], np.ndarray, np.ndarray, np.ndarray]]:
+        """Compute features for the batch once; yield each routed model's input rows.
+
+        Yields:
+            ``(model, rows, matrix, missing, order_features)`` per model: the float32 rows
+            onnxruntime receives and the count of missing features in each.
+        """
         stages, batch = work.stages, work.batch
         mark = time.perf_counter()
         assert batch.columns is not None
@@ -372,7 +385,6 @@ class Predictor:
         for row in rows:
             model = work.model(row)
             by_model.setdefault(id(model), (model, []))[1].append(row)
-        clock = time.monotonic()
         for model, members in by_model.values():
             mark = time.perf_counter()
             matrix, missing = assemble(
@@ -384,6 +396,13 @@ class Predictor:
                 model.zero_missing,
             )
             stages.features += time.perf_counter() - mark
+            yield model, members, matrix, missing, features
+
+    def _score(self, work: _Work, rows: list[int]) -> None:
+        """One onnxruntime call per routed model, then the decisions."""
+        stages, batch = work.stages, work.batch
+        clock = time.monotonic()
+        for model, members, matrix, missing, features in self._assembled(work, rows):
             mark = time.perf_counter()
             probabilities = model.score(matrix)
             stages.inference += time.perf_counter() - mark
@@ -404,6 +423,24 @@ class Predictor:
                 work.answers[position] = answer
                 self.prediction_cache.put(self._cache_key(work, row), answer, clock)
             stages.decide += time.perf_counter() - mark
+
+    async def model_inputs(
+        self, orders: Sequence[Order], share_market_data: bool = True, now: datetime | None = None
+    ) -> list[tuple[str, np.ndarray] | None]:
+        """Return, per order, the model label and the exact float32 row it would be scored on.
+
+        For parity checks and diagnostics: the same stages as ``predict_batch`` without the
+        caches or onnxruntime. None for orders that cannot be scored.
+        """
+        now = now or datetime.now(UTC)
+        work = _Work(batch=build_batch(list(orders), now), now=now, answers=[None] * len(orders))
+        self._route(work, self._models)
+        await self._market_views(work, share_market_data)
+        inputs: list[tuple[str, np.ndarray] | None] = [None] * len(orders)
+        for model, members, matrix, _, _ in self._assembled(work, self._attach_prices(work)):
+            for k, row in enumerate(members):
+                inputs[work.batch.valid[row]] = (model.label, matrix[k])
+        return inputs
 
     # -- other endpoints --------------------------------------------------------------------
 

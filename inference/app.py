@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,8 @@ from typing import Any
 import falcon
 import falcon.asgi
 import msgspec
+
+from kernels.registry import STRATEGIES
 
 from .config import Settings, load_settings
 from .errors import (
@@ -24,13 +29,19 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
-from .logs import configure_logging
+from .logs import REQUEST_ID, configure_logging
+from .metrics import CONTENT_TYPE, Recorder, exposition
+from .middleware import DrainState, GatedApp, Limits
+from .openapi import openapi_json
+from .predictions_log import LoggedBatch, PredictionLog
 from .schema import (
     BATCH_DECODER,
     ENCODER,
     ORDER_DECODER,
     RISK_REWARD_DECODER,
     MalformedJSON,
+    Order,
+    Prediction,
     SchemaError,
     decode,
 )
@@ -46,6 +57,19 @@ class ServiceHolder:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.service: Service | None = None
+        self.gate: GatedApp | None = None
+        self.drain = DrainState()
+        self.recorder = Recorder(settings.prediction.features.universe, STRATEGIES)
+        prediction_log = settings.observability.prediction_log
+        self.prediction_log = (
+            PredictionLog(prediction_log.path, prediction_log.queue_size)
+            if prediction_log.path is not None
+            else None
+        )
+
+    def sample_metrics(self) -> None:
+        """Flush this worker's metric buffers and sample caches, providers and models."""
+        self.recorder.sample(self.service, self.gate.in_flight if self.gate else 0)
 
     def get(self) -> Service:
         """The running service, or 503 while it is still starting."""
@@ -59,17 +83,38 @@ class Lifespan:
 
     def __init__(self, holder: ServiceHolder) -> None:
         self.holder = holder
+        self._sampler: asyncio.Task[None] | None = None
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         """Load models, compile kernels and warm the pipeline; a failure aborts start-up."""
         service = await asyncio.to_thread(build_service, self.holder.settings)
         await service.start()
         self.holder.service = service
+        if self.holder.prediction_log is not None:
+            self.holder.prediction_log.start()
+        self._sampler = asyncio.create_task(self._sample_metrics(), name="metrics-sampler")
 
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
-        """Turn not-ready, then release providers."""
+        """Turn not-ready, flush metrics and the prediction log, then release providers."""
+        self.holder.drain.stopping = True
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
+        self.holder.sample_metrics()
+        if self.holder.prediction_log is not None:
+            await asyncio.to_thread(self.holder.prediction_log.stop)
         if self.holder.service is not None:
             await self.holder.service.stop()
+
+    async def _sample_metrics(self) -> None:
+        interval = self.holder.settings.observability.metrics_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.holder.sample_metrics()
+            except Exception:
+                # Metrics must never take the worker down; say so and keep sampling.
+                log.exception("metrics sampling failed")
 
 
 async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
@@ -94,6 +139,10 @@ def parse(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise MalformedRequest(str(ex)) from None
     except SchemaError as ex:
         raise InvalidOrder(ex.message, field=ex.field) from None
+    except RecursionError:
+        # APPSEC: msgspec recurses into nested arrays even where it skips an unknown field;
+        # a body of deeply nested brackets is refused rather than answered with a 500.
+        raise MalformedRequest("JSON nested too deeply") from None
 
 
 def send(resp: falcon.asgi.Response, payload: Any, status: int = 200) -> None:
@@ -110,6 +159,24 @@ class Resource:
         self.holder = holder
         self.body_limit = holder.settings.performance.max_body_bytes
 
+    def record(
+        self,
+        service: Service,
+        decode_s: float,
+        encode_s: float,
+        orders: Sequence[Order],
+        predictions: list[Prediction],
+        started: float,
+    ) -> None:
+        """Hand one scored request to the metrics and the prediction log (both buffered)."""
+        self.holder.recorder.batch(decode_s, service.predictor.last_stages, encode_s, predictions)
+        if self.holder.prediction_log is not None:
+            self.holder.prediction_log.submit(
+                LoggedBatch(
+                    orders, predictions, (time.perf_counter() - started) * 1e3, REQUEST_ID.get()
+                )
+            )
+
 
 class PredictResource(Resource):
     """``POST /predict``: one order, one prediction."""
@@ -117,8 +184,14 @@ class PredictResource(Resource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Score one order."""
         service = self.holder.get()
-        order = parse(ORDER_DECODER, await read_body(req, self.body_limit))
-        send(resp, await service.predictor.predict_one(order))
+        body = await read_body(req, self.body_limit)
+        started = time.perf_counter()
+        order = parse(ORDER_DECODER, body)
+        decode_s = time.perf_counter() - started
+        answer = await service.predictor.predict_one(order)
+        mark = time.perf_counter()
+        send(resp, answer)
+        self.record(service, decode_s, time.perf_counter() - mark, [order], [answer], started)
 
 
 class BatchResource(Resource):
@@ -127,10 +200,15 @@ class BatchResource(Resource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Score a batch; per-order failures are items, not request failures."""
         service = self.holder.get()
-        request = parse(BATCH_DECODER, await read_body(req, self.body_limit))
-        send(
-            resp, await service.predictor.predict_batch(request.requests, request.share_market_data)
-        )
+        body = await read_body(req, self.body_limit)
+        started = time.perf_counter()
+        request = parse(BATCH_DECODER, body)
+        decode_s = time.perf_counter() - started
+        answer = await service.predictor.predict_batch(request.requests, request.share_market_data)
+        mark = time.perf_counter()
+        send(resp, answer)
+        encode_s = time.perf_counter() - mark
+        self.record(service, decode_s, encode_s, request.requests, answer.predictions, started)
 
 
 class RiskRewardResource(Resource):
@@ -198,8 +276,33 @@ class ReadyResource(Resource):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """200 when ready, else 503."""
         service = self.holder.service
-        ready = service is not None and service.ready
+        # A worker told to stop says so first, while it still finishes what it accepted.
+        ready = service is not None and service.ready and not self.holder.drain.stopping
         send(resp, {"ready": ready}, 200 if ready else 503)
+
+
+class MetricsResource(Resource):
+    """``GET /metrics``: Prometheus text, summed over every worker under gunicorn."""
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Flush this worker's buffers, then read every worker's values."""
+        self.holder.sample_metrics()
+        resp.content_type = CONTENT_TYPE
+        # Reading each worker's files is blocking I/O: keep it off the event loop.
+        resp.data = await asyncio.to_thread(exposition)
+
+
+class OpenAPIResource(Resource):
+    """``GET /openapi.json``: the OpenAPI 3.1 document of every route."""
+
+    def __init__(self, holder: ServiceHolder) -> None:
+        super().__init__(holder)
+        self.document = openapi_json(holder.settings)
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """The document (built with the app)."""
+        resp.content_type = JSON
+        resp.data = self.document
 
 
 class ModelsResource(Resource):
@@ -226,16 +329,36 @@ class ReloadResource(Resource):
         admin = self.holder.settings.admin
         if not admin.enabled:
             raise Forbidden("admin endpoints are disabled (admin.enabled: false)")
-        if admin.token is not None and req.get_header("Authorization") != f"Bearer {admin.token}":
-            raise Unauthorized("a valid bearer token is required")
+        if admin.token is not None:
+            given = (req.get_header("Authorization") or "").encode()
+            # APPSEC: constant-time comparison, so the token cannot be guessed byte by byte.
+            if not hmac.compare_digest(given, f"Bearer {admin.token}".encode()):
+                raise Unauthorized("a valid bearer token is required")
         service = self.holder.get()
+        # A reload that has begun runs to its end even if this request is cancelled (its
+        # deadline): the swap stays atomic and the outcome is logged either way.
+        reload = asyncio.ensure_future(service.reload())
+        reload.add_done_callback(_outcome_logged)
         try:
-            model_set = await service.reload()
+            model_set = await asyncio.shield(reload)
         except ModelLoadError as ex:
-            log.error("reload refused", extra={"reason": str(ex)})
-            send(resp, {"error": f"reload refused, still serving the previous models: {ex}"}, 409)
+            # Service.reload has logged it; the previous set is still the one serving.
+            send(
+                resp,
+                {
+                    "error": f"reload refused, still serving the previous models: {ex}",
+                    "serving": [model.label for model in service.predictor.models.models],
+                },
+                409,
+            )
             return
         send(resp, {"reloaded": True, "models": [model.label for model in model_set.models]})
+
+
+def _outcome_logged(task: asyncio.Future[Any]) -> None:
+    """Mark a reload's failure as seen: `Service.reload` has logged it already."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def handle_domain_error(
@@ -277,10 +400,21 @@ def create_app(
     settings = settings or load_settings(config_path)
     configure_logging(settings.system.log_level)
     holder = ServiceHolder(settings)
-    app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response] = falcon.asgi.App(
-        middleware=[Lifespan(holder)],  # type: ignore[arg-type]  # lifespan-only middleware
+    performance = settings.performance
+    limits = Limits(
+        max_in_flight=performance.max_in_flight,
+        deadline_s=performance.batch_predictions.timeout_ms / 1e3,
+        retry_after_s=performance.retry_after_s,
+        slow_s=settings.observability.slow_request_ms / 1e3,
+    )
+    app = GatedApp(
+        limits=limits,
+        recorder=holder.recorder,
+        drain=holder.drain,
+        middleware=[Lifespan(holder)],
         cors_enable=False,
     )
+    holder.gate = app
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/predict", PredictResource(holder))
     app.add_route("/predict/batch", BatchResource(holder))
@@ -291,6 +425,8 @@ def create_app(
     app.add_route("/v2/health/ready", ReadyResource(holder))
     app.add_route("/models", ModelsResource(holder))
     app.add_route("/admin/reload", ReloadResource(holder))
+    app.add_route("/metrics", MetricsResource(holder))
+    app.add_route("/openapi.json", OpenAPIResource(holder))
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(PredictorError, handle_domain_error)
     app.set_error_serializer(serialize_http_error)

@@ -105,7 +105,9 @@ def serve(
 
     import uvicorn
 
-    uvicorn.run(
+    from .workers import DrainingServer
+
+    config = uvicorn.Config(
         "inference.app:create_app",
         factory=True,
         host=settings.server.host,
@@ -113,8 +115,10 @@ def serve(
         lifespan="on",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=10,
+        limit_concurrency=settings.server.limit_concurrency,
+        timeout_graceful_shutdown=int(settings.server.graceful_timeout_s),
     )
+    DrainingServer(config, settings.server.drain_s).run()
 
 
 @main.command()
@@ -137,7 +141,13 @@ def serve(
 @click.option(
     "--interval", type=float, default=1.0, show_default=True, help="Seconds between beats."
 )
-@click.option("--keep-bars", type=int, default=300, show_default=True, help="Bars kept per symbol.")
+@click.option(
+    "--keep-bars",
+    type=click.IntRange(21, 2000),
+    default=300,
+    show_default=True,
+    help="Bars kept per symbol.",
+)
 @click.option(
     "--replay-path",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
@@ -190,7 +200,8 @@ def feed(
     if config_path is not None:
         _export("CONFIG", config_path.resolve())
     try:
-        settings = load_settings()
+        # The source holds as much history as the feed keeps in Redis.
+        settings = load_settings(data_source={"history_bars": keep_bars})
     except ConfigError as ex:
         raise click.ClickException(str(ex)) from None
     configure_logging(settings.system.log_level)
@@ -215,7 +226,7 @@ def feed(
         provider = replay
     else:
         try:
-            provider, _ = make_provider(source, settings)
+            provider, _ = make_provider(source, settings, tickers)
         except ConfigError as ex:
             raise click.ClickException(str(ex)) from None
     publisher = FeedPublisher(
@@ -298,6 +309,68 @@ def list_models(repository: Path | None, as_json: bool) -> None:
         click.echo(msgspec.json.format(msgspec.json.encode(listing), indent=2))
         return
     print_summary([model.manifest for model in model_set.models])
+
+
+@main.command("bench")
+@click.option("--quick", is_flag=True, help="The CI budget: the whole suite in under 3 minutes.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the JSON report here.",
+)
+@click.option(
+    "--chart",
+    "chart_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Draw the history as a PNG; alone, draw and exit without running.",
+)
+@click.option(
+    "--models",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Model repository (default: the configured one).",
+)
+@click.option("--http/--no-http", default=True, help="Run the HTTP benchmarks on 127.0.0.1.")
+@click.option("--peer/--no-peer", default=True, help="Time the previous design beside ours.")
+@click.option(
+    "--record/--no-record", default=None, help="Append to bench/history (default: on main)."
+)
+@click.option("--gate/--no-gate", default=True, help="Exit 1 when the regression gate fails.")
+def bench(
+    quick: bool,
+    json_path: Path | None,
+    chart_path: Path | None,
+    models: Path | None,
+    http: bool,
+    peer: bool,
+    record: bool | None,
+    gate: bool,
+) -> None:
+    """Benchmark against SPEC §8: kernels, inference, pipeline, HTTP, the previous design."""
+    # One thread per native pool, as in a worker, set before numba and polars load.
+    os.environ.update(WORKER_THREAD_ENV)
+    # bench/ lives in the source checkout, not in the installed packages (it carries the
+    # peer, the load tests and the committed history), so import it from the checkout.
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
+    try:
+        from bench import runner
+    except ModuleNotFoundError as ex:
+        message = f"magic8 bench needs the source checkout's bench/: {ex}"
+        raise click.ClickException(message) from None
+    options = runner.Options(
+        quick=quick,
+        json_path=json_path,
+        models=models,
+        http=http,
+        peer=peer,
+        record=record,
+        gate=gate,
+    )
+    raise SystemExit(runner.main(options, chart_path))
 
 
 def _register_convert() -> None:

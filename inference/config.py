@@ -32,6 +32,8 @@ FLAT_ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "IB_CLIENT_ID": ("data_source", "standalone", "client_id"),
     "REDIS_HOST": ("data_source", "redis", "host"),
     "REDIS_PORT": ("data_source", "redis", "port"),
+    "REDIS_DB": ("data_source", "redis", "db"),
+    "REDIS_URL": ("data_source", "redis", "url"),
     "COMPANION_URL": ("data_source", "companion", "base_url"),
     "API_HOST": ("server", "host"),
     "API_PORT": ("server", "port"),
@@ -71,6 +73,18 @@ class ServerSettings(Section):
     """TCP port."""
     workers: int = Field(default=1, ge=1, le=64)
     """Worker processes; more than one runs gunicorn with uvicorn workers."""
+    limit_concurrency: int = Field(default=1000, ge=1)
+    """Connections plus requests one worker holds before uvicorn itself refuses with a bare
+    503; a backstop for connection floods, far above ``performance.max_in_flight``."""
+    drain_s: float = Field(default=1.0, ge=0)
+    """On SIGTERM: seconds readiness answers 503 and every response closes its connection
+    while requests are still served, before the worker stops accepting."""
+    graceful_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest wait for in-flight requests after draining; then they are cancelled."""
+    max_requests: int = Field(default=100_000, ge=0)
+    """Requests a gunicorn worker serves before it is replaced (0: never)."""
+    max_requests_jitter: int = Field(default=10_000, ge=0)
+    """Random extra requests per worker, so workers are not all replaced at once."""
 
 
 class SyntheticSettings(Section):
@@ -99,9 +113,11 @@ class CompanionSettings(Section):
     base_url: str = "http://localhost:8765"
     """Base URL of the service."""
     timeout: float = Field(default=5.0, gt=0)
-    """Seconds before a request is abandoned."""
+    """Longest a snapshot waits for the service, retries included; then it is abandoned."""
     retry_attempts: int = Field(default=3, ge=0, le=10)
-    """Retries after a failed request."""
+    """Retries after a failed request (connection error or 5xx), within ``timeout``."""
+    retry_backoff_s: float = Field(default=0.1, ge=0)
+    """Wait before the first retry; doubles per retry."""
     max_staleness_s: float = Field(default=600.0, gt=0)
     """Data older than this (on the exchange clock) is stale."""
 
@@ -113,6 +129,8 @@ class RedisChannels(Section):
     """Pub/sub channel of bar and quote updates."""
     vix_data: str = "market:vix"
     """Legacy VIX channel name from the seed (VIX is also published as a symbol)."""
+    heartbeat: str = "market:heartbeat"
+    """Channel and key of the feed's heartbeat."""
 
 
 class RedisSettings(Section):
@@ -126,10 +144,18 @@ class RedisSettings(Section):
     """Redis port."""
     db: int = Field(default=0, ge=0)
     """Redis database number."""
+    url: str | None = None
+    """``redis://host:port/db`` URL; overrides host, port and db when set."""
     channels: RedisChannels = RedisChannels()
     """Channel names."""
     heartbeat_timeout_s: float = Field(default=15.0, gt=0)
-    """A feed silent for longer than this is treated as down."""
+    """A feed silent for longer than this is treated as down: its data is reported stale."""
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    """Limit on connecting; start-up waits at most this long for the first load."""
+    reconnect_backoff_s: float = Field(default=0.5, gt=0)
+    """First wait before reconnecting after Redis is lost; doubles per failed attempt."""
+    reconnect_max_backoff_s: float = Field(default=5.0, gt=0)
+    """Longest wait between reconnect attempts."""
     max_staleness_s: float = Field(default=600.0, gt=0)
     """Data older than this (on the exchange clock) is stale."""
 
@@ -137,8 +163,8 @@ class RedisSettings(Section):
 class StandaloneSettings(Section):
     """A direct Interactive Brokers connection (provider ``ibkr``)."""
 
-    enabled: bool = False
-    """Whether the provider may be used."""
+    enabled: bool = True
+    """Whether the provider may be used; false refuses a chain that names ``ibkr``."""
     ib_host: str = "127.0.0.1"
     """TWS / IB Gateway host."""
     ib_port: int = Field(default=7498, ge=1, le=65535)
@@ -147,6 +173,28 @@ class StandaloneSettings(Section):
     """API client id, distinct from the other systems' ids."""
     max_staleness_s: float = Field(default=600.0, gt=0)
     """Data older than this (on the exchange clock) is stale."""
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    """Limit on connecting and on each start-up synchronisation request."""
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    """Limit on one historical-data request."""
+    reconnect_backoff_s: float = Field(default=1.0, gt=0)
+    """First wait before reconnecting after the connection is lost; doubles per failure."""
+    reconnect_max_backoff_s: float = Field(default=60.0, gt=0)
+    """Longest wait between reconnect attempts."""
+    pacing_backoff_s: float = Field(default=60.0, gt=0)
+    """First wait after IB refuses a history request (162, 354); doubles up to 10 minutes."""
+    quotes: bool = True
+    """Also stream quotes (``reqMktData``); symbols without a subscription (354) fall back
+    to the open bar's close."""
+
+
+class CircuitSettings(Section):
+    """The circuit breaker in front of every provider."""
+
+    failure_threshold: int = Field(default=3, ge=1)
+    """Consecutive failures that open the circuit."""
+    cooldown_s: float = Field(default=30.0, gt=0)
+    """Seconds an open circuit waits before letting one trial call through."""
 
 
 class DataSourceSettings(Section):
@@ -160,6 +208,8 @@ class DataSourceSettings(Section):
     """With only stale data: answer with ``stale: true`` (flag) or 503 (reject)."""
     history_bars: int = Field(default=100, ge=21, le=2000)
     """Completed bars fetched per symbol (RSI uses up to 100)."""
+    circuit: CircuitSettings = CircuitSettings()
+    """Circuit breaker settings, the same for every provider."""
     synthetic: SyntheticSettings = SyntheticSettings()
     """Simulator settings."""
     replay: ReplaySettings = ReplaySettings()
@@ -264,6 +314,31 @@ class PerformanceSettings(Section):
     """Batch settings."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     """Largest request body accepted."""
+    max_in_flight: int = Field(default=2, ge=1)
+    """Requests one worker serves at once (health, readiness and metrics excepted); more are
+    refused at once with 503 and ``Retry-After`` rather than queued behind the CPU."""
+    retry_after_s: int = Field(default=1, ge=1)
+    """``Retry-After`` seconds sent with a 503 for overload or a missed deadline."""
+
+
+class PredictionLogSettings(Section):
+    """The optional prediction log: one JSON line per answered order."""
+
+    path: Path | None = None
+    """File the lines are appended to; none disables the log."""
+    queue_size: int = Field(default=10_000, ge=1)
+    """Batches waiting for the writer; when full, new ones are dropped and counted."""
+
+
+class ObservabilitySettings(Section):
+    """Request logs, metrics and the prediction log."""
+
+    slow_request_ms: float = Field(default=250.0, gt=0)
+    """Requests slower than this are always logged (others only at DEBUG)."""
+    metrics_interval_s: float = Field(default=1.0, gt=0)
+    """Seconds between flushes of a worker's metric buffers into ``GET /metrics``."""
+    prediction_log: PredictionLogSettings = PredictionLogSettings()
+    """Prediction log settings."""
 
 
 class AdminSettings(Section):
@@ -298,6 +373,8 @@ class Settings(BaseSettings):
     """Caches and limits."""
     admin: AdminSettings = AdminSettings()
     """Admin endpoints."""
+    observability: ObservabilitySettings = ObservabilitySettings()
+    """Logs, metrics and the prediction log."""
 
     @model_validator(mode="after")
     def _providers_distinct(self) -> Settings:
@@ -379,7 +456,7 @@ class ConfigError(Exception):
 
 
 def resolve_config_path(explicit: str | Path | None) -> Path | None:
-    """Pick the YAML file: explicit, then ``MAGIC8_PREDICTOR_CONFIG``, then ``config/config.yaml``."""
+    """Pick the YAML file: explicit, ``MAGIC8_PREDICTOR_CONFIG``, then ``config/config.yaml``."""
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file():

@@ -10,13 +10,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from providers.base import MarketDataProvider, MarketSnapshot, NoMarketData, ProviderError
+from providers.base import (
+    MarketDataProvider,
+    MarketSnapshot,
+    NoMarketData,
+    ProviderError,
+    StaleData,
+)
 from providers.calendar import is_stale, last_completed_bar_start, next_bar_boundary
 
 from .cache import TTLCache
 from .errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+#: Longest reuse of a snapshot that lacks the newest completed bar (it may arrive any moment).
+LAGGING_TTL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +70,18 @@ class CircuitBreaker:
 
 @dataclass(eq=False)
 class ProviderSlot:
-    """One provider of the chain with its staleness limit and breaker."""
+    """One provider of the chain with its staleness limit and breaker.
+
+    Attributes:
+        cache_ttl_s: Longest a snapshot of this provider is reused; None reuses it until the
+            next bar completes. Streaming providers answer from memory, so a short reuse
+            costs little and lets a dead feed show within seconds.
+    """
 
     provider: MarketDataProvider
     max_staleness_s: float
     breaker: CircuitBreaker
+    cache_ttl_s: float | None = None
     errors: int = 0
     last_error: str | None = None
     last_as_of: datetime | None = None
@@ -104,10 +120,39 @@ class MarketData:
         self, symbols: Sequence[str], as_of: datetime
     ) -> dict[str, ResolvedSnapshot | None]:
         """Resolve several symbols at one as-of time; None where no provider has data."""
+        answered = self._fresh_from_cache(symbols, as_of)
+        if answered is not None:
+            return answered
         if len(symbols) == 1:
             return {symbols[0]: await self.resolve(symbols[0], as_of)}
         results = await asyncio.gather(*(self.resolve(symbol, as_of) for symbol in symbols))
         return dict(zip(symbols, results, strict=True))
+
+    def _fresh_from_cache(
+        self, symbols: Sequence[str], as_of: datetime
+    ) -> dict[str, ResolvedSnapshot] | None:
+        """Answer every symbol from the first provider's cache, or None to take the full path.
+
+        PERF: between bar completions every symbol of a batch is cached; gathering one task
+        per symbol costs ~25 µs each (9 symbols: most of the market-data stage), these
+        lookups ~1 µs. Only a snapshot holding the newest completed bar qualifies: its lag is
+        0, so it is fresh under any staleness limit, and the chain would have returned it.
+        """
+        slot = self.slots[0]
+        bar_key = last_completed_bar_start(as_of)
+        clock = time.monotonic()
+        keys = [(slot.provider.name, symbol, bar_key) for symbol in symbols]
+        for key in keys:
+            snapshot = self.cache.peek(key, clock)
+            if snapshot is None or snapshot.as_of != bar_key:
+                return None
+        answered: dict[str, ResolvedSnapshot] = {}
+        for key in keys:
+            # get() again to count the hit and refresh recency, as the full path would.
+            snapshot = self.cache.get(key, clock)
+            assert snapshot is not None  # peeked at the same clock just above
+            answered[key[1]] = ResolvedSnapshot(snapshot, stale=False)
+        return answered
 
     async def resolve(self, symbol: str, as_of: datetime) -> ResolvedSnapshot | None:
         """Return the freshest snapshot the chain has for ``symbol`` as of ``as_of``.
@@ -118,10 +163,11 @@ class MarketData:
         bar_key = last_completed_bar_start(as_of)
         stale_answer: ResolvedSnapshot | None = None
         for slot in self.slots:
-            snapshot = await self._fetch(slot, symbol, as_of, bar_key)
-            if snapshot is None:
+            fetched = await self._fetch(slot, symbol, as_of, bar_key)
+            if fetched is None:
                 continue
-            stale = is_stale(snapshot.as_of, as_of, slot.max_staleness_s)
+            snapshot, not_live = fetched
+            stale = not_live or is_stale(snapshot.as_of, as_of, slot.max_staleness_s)
             if not stale:
                 return ResolvedSnapshot(snapshot, stale=False)
             stale_answer = stale_answer or ResolvedSnapshot(snapshot, stale=True)
@@ -135,12 +181,13 @@ class MarketData:
 
     async def _fetch(
         self, slot: ProviderSlot, symbol: str, as_of: datetime, bar_key: datetime
-    ) -> MarketSnapshot | None:
+    ) -> tuple[MarketSnapshot, bool] | None:
+        """Ask one provider (or the cache); return the snapshot and whether it is not live."""
         key = (slot.provider.name, symbol, bar_key)
         clock = time.monotonic()
         cached = self.cache.get(key, clock)
         if cached is not None:
-            return cached
+            return cached, False
         if not slot.breaker.allow():
             return None
         try:
@@ -149,6 +196,13 @@ class MarketData:
             # Not a failure of the provider: it answered, with nothing.
             slot.breaker.record_success()
             return None
+        except StaleData as ex:
+            # The provider answered honestly that its feed is down. Not a circuit failure:
+            # asking again costs nothing and shows the recovery at once. Never cached.
+            slot.breaker.record_success()
+            slot.last_error = str(ex)
+            slot.last_as_of = ex.snapshot.as_of
+            return ex.snapshot, True
         except ProviderError as ex:
             slot.breaker.record_failure()
             slot.errors += 1
@@ -158,9 +212,17 @@ class MarketData:
         slot.breaker.record_success()
         slot.last_as_of = snapshot.as_of
         # Never reuse a snapshot past the moment a new bar completes.
-        until_next_bar = (next_bar_boundary(datetime.now(UTC)) - datetime.now(UTC)).total_seconds()
-        self.cache.put(key, snapshot, clock, max_age=until_next_bar)
-        return snapshot
+        now = datetime.now(UTC)
+        max_age = (next_bar_boundary(now) - now).total_seconds()
+        if slot.cache_ttl_s is not None:
+            max_age = min(max_age, slot.cache_ttl_s)
+        if snapshot.as_of < bar_key:
+            # The newest completed bar had not reached the provider yet (a stream delivers it
+            # a moment after the boundary): reusing this answer until the next boundary would
+            # serve a bar-old view for five minutes.
+            max_age = min(max_age, LAGGING_TTL_S)
+        self.cache.put(key, snapshot, clock, max_age=max_age)
+        return snapshot, False
 
     def health(self) -> list[dict[str, Any]]:
         """Each provider's state, data age and circuit state."""

@@ -58,6 +58,26 @@ class MarketSnapshot:
         return float(self.bars["close"][-1])
 
 
+class StaleData(ProviderError):
+    """The provider holds bars but cannot vouch that they are current.
+
+    Streaming providers raise it when their feed has gone silent or their link is down: the
+    bars may look young on the exchange clock (at night the session's last bar is current),
+    yet nothing guarantees a newer bar has not been missed. The market-data chain treats the
+    snapshot as stale whatever its bar ages say: a fresh provider is preferred, and if none
+    exists the answer carries ``stale: true`` (or is refused, per ``on_stale``).
+
+    Attributes:
+        snapshot: What the provider has, as it would have answered.
+        reason: Why it cannot vouch for it (``feed heartbeat silent for 16.2 s`` …).
+    """
+
+    def __init__(self, snapshot: MarketSnapshot, reason: str) -> None:
+        super().__init__(f"{snapshot.source} data for {snapshot.symbol} is not live: {reason}")
+        self.snapshot = snapshot
+        self.reason = reason
+
+
 @runtime_checkable
 class MarketDataProvider(Protocol):
     """What every market-data provider implements.

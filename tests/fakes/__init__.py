@@ -1,0 +1,1 @@
+"""Test doubles that speak real protocols: a fake IB Gateway and a companion HTTP service."""

@@ -9,6 +9,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ _TREE_OP = "TreeEnsembleClassifier"
 _GRAPH_NAME = "magic8_win_probability"
 _VERSION_DIR = re.compile(r"v([0-9]+)")
 _XGBOOST_LOG_PREFIX = re.compile(r"^\[[0-9:]+\]\s+\S+:[0-9]+:\s*")
+_UBJ_VERSION = re.compile(rb"version\[(?:#[iUIlL].{1,8}?)?((?:[iU].){3})", re.DOTALL)
 # Manifest fields that may differ between two writes of the same model without making it new.
 _BOOKKEEPING_FIELDS = frozenset({"version", "created", "converter", "parity"})
 
@@ -95,15 +97,24 @@ def load_booster(path: Path) -> xgboost.Booster:
     try:
         return xgboost.Booster(model_file=str(path))
     except xgboost.core.XGBoostError as ex:
-        raise _unreadable(path, str(ex)) from ex
+        raise unreadable_booster_error(path, str(ex)) from ex
     except UnicodeDecodeError as ex:
         # XGBoost's own error text can quote the raw byte it choked on (0xff for EOF), and then
         # decoding that text fails before the XGBoostError is even raised.
-        raise _unreadable(path, bytes(ex.object).decode("utf-8", errors="replace")) from ex
+        message = bytes(ex.object).decode("utf-8", errors="replace")
+        raise unreadable_booster_error(path, message) from ex
 
 
-def _unreadable(path: Path, message: str) -> ConversionError:
-    """Make the error for a booster file XGBoost cannot load, from XGBoost's message."""
+def unreadable_booster_error(path: Path, message: str) -> ConversionError:
+    """Make the error for a booster file XGBoost cannot load, from XGBoost's message.
+
+    Args:
+        path: The file.
+        message: XGBoost's error text.
+
+    Returns:
+        The error, naming the file and the first line of XGBoost's reason.
+    """
     # The message is a C++ trace; its first line, minus the time and source location prefix
     # ("[02:27:45] /workspace/src/common/json.cc:409: "), says what is wrong.
     first_line = (message.strip().splitlines() or ["unknown error"])[0]
@@ -288,15 +299,29 @@ def _recorded_xgboost_version(path: Path) -> str:
     if path.suffix.lower() == ".json":
         match = re.search(rb'"version"\s*:\s*\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]', tail)
         return ".".join(part.decode() for part in match.groups()) if match else "unknown"
-    # UBJ: key "version", then an array of small integers, counted ("[#" + count) or not.
-    match = re.search(rb"version\[(?:#[iUIlL].{1,8}?)?((?:[iU].){3})", tail, re.DOTALL)
-    if match is None:
+    return xgboost_version_in_ubj(tail)
+
+
+def xgboost_version_in_ubj(data: bytes) -> str:
+    """Return the XGBoost version recorded in UBJ model bytes, or "unknown".
+
+    Args:
+        data: A UBJ model, its tail, or the serialised booster a pickle holds.
+
+    Returns:
+        ``major.minor.patch`` of the last version entry found.
+    """
+    # Key "version", then an array of three small integers, counted ("[#" + count) or not.
+    matches = list(_UBJ_VERSION.finditer(data))
+    if not matches:
         return "unknown"
-    items = match.group(1)
+    items = matches[-1].group(1)
     return ".".join(str(items[index]) for index in (1, 3, 5))
 
 
-def _source_info(booster: xgboost.Booster, source_path: Path) -> SourceInfo:
+def _source_info(
+    booster: xgboost.Booster, source_path: Path, xgboost_version: str | None
+) -> SourceInfo:
     """Describe the booster file a model is converted from."""
     trees = dumped_trees(booster)
     learner = _learner_config(booster)
@@ -304,7 +329,7 @@ def _source_info(booster: xgboost.Booster, source_path: Path) -> SourceInfo:
         file=source_path.name,
         format=BOOSTER_FORMATS.get(source_path.suffix.lower(), source_path.suffix.lstrip(".")),
         sha256=sha256_file(source_path),
-        xgboost_version=_recorded_xgboost_version(source_path),
+        xgboost_version=xgboost_version or _recorded_xgboost_version(source_path),
         n_trees=len(trees),
         max_depth=max((tree_depth(tree) for tree in trees), default=0),
         objective=str(learner["objective"]["name"]),
@@ -405,6 +430,139 @@ def _write_version(out_repo: Path, target: Path, onnx_bytes: bytes, manifest: Ma
         raise ConversionError(f"cannot write {target}: {ex}") from ex
 
 
+@dataclass(frozen=True)
+class PreparedModel:
+    """A converted model that passed the gate, not yet written to a repository.
+
+    Attributes:
+        manifest: Its manifest; the version is provisional unless one was asked for.
+        onnx_bytes: The serialised ONNX model.
+        version_given: Whether the version was asked for (else ``v<N+1>`` is chosen on write).
+    """
+
+    manifest: Manifest
+    onnx_bytes: bytes
+    version_given: bool
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """Where a prepared model ended up in the repository.
+
+    Attributes:
+        path: The version directory.
+        manifest: The manifest stored there.
+        written: False when an identical version was already stored (nothing was written).
+    """
+
+    path: Path
+    manifest: Manifest
+    written: bool
+
+
+def prepare_model(
+    booster: xgboost.Booster,
+    *,
+    feature_names: Sequence[str],
+    name: str,
+    kind: str,
+    symbols: Sequence[str],
+    strategies: Sequence[str],
+    thresholds: Mapping[str, float],
+    missing: str,
+    source_path: Path,
+    source_xgboost_version: str | None = None,
+    metrics: Mapping[str, float] | None = None,
+    version: str | None = None,
+    description: str = "",
+) -> PreparedModel:
+    """Convert a booster and run the gate, writing nothing (the first half of `export_model`).
+
+    Args:
+        booster: The booster to convert.
+        feature_names: The real feature names, in input-column order.
+        name: Model name (first directory level).
+        kind: Routing kind (see `convert.manifest.KINDS`).
+        symbols: Symbols served; empty means all.
+        strategies: Strategies served; empty means all.
+        thresholds: Strategy -> decision threshold, with a ``default`` entry.
+        missing: ``nan`` or ``zero``.
+        source_path: The booster file, hashed and described in the manifest.
+        source_xgboost_version: The XGBoost version that saved the booster, when the caller
+            knows it (pickles); by default it is read from the JSON or UBJ file.
+        metrics: Quality measures to record, e.g. ``{"auc": 0.71}``.
+        version: Version label; by default chosen when the model is stored.
+        description: Free text for the manifest.
+
+    Returns:
+        The gated model and its manifest.
+
+    Raises:
+        ConversionError: With the reason, if the booster is unsupported, the gate fails or the
+            manifest values are invalid.
+    """
+    features = list(feature_names)
+    model, onnx_bytes, parity = _run_gate(booster, len(features))
+    try:
+        manifest = Manifest(
+            name=name,
+            version=version or "v1",
+            kind=kind,
+            symbols=list(symbols),
+            strategies=list(strategies),
+            features=features,
+            missing=missing,
+            thresholds=dict(thresholds),
+            onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+            source=_source_info(booster, Path(source_path), source_xgboost_version),
+            converter=_converter_versions(model),
+            parity=parity,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            metrics=dict(metrics or {}),
+            description=description,
+        )
+    except ManifestError as ex:
+        raise ConversionError(f"invalid manifest: {ex}") from ex
+    return PreparedModel(manifest=manifest, onnx_bytes=onnx_bytes, version_given=bool(version))
+
+
+def store_model(prepared: PreparedModel, out_repo: Path) -> StoredModel:
+    """Add a prepared model to the repository, unless its newest version is the same model.
+
+    Without an explicit version the model becomes ``v<N+1>`` after the highest ``v<N>``; if
+    that newest version (or the explicit one) already holds the same model, nothing is written.
+    The version directory appears whole (staged, then renamed), or not at all.
+
+    Args:
+        prepared: The output of `prepare_model`.
+        out_repo: Root of the model repository; created if needed.
+
+    Returns:
+        The version directory, its manifest and whether anything was written.
+
+    Raises:
+        ConversionError: If the given version exists with another model, or the files cannot be
+            written. Nothing is left in the repository.
+    """
+    candidate = prepared.manifest
+    version = candidate.version if prepared.version_given else None
+    # APPSEC: the repository is only looked at once the manifest has vetted name and version.
+    model_dir = Path(out_repo) / candidate.name
+    numbers = _numbered_versions(model_dir)
+    if version is None and numbers:
+        candidate = msgspec.structs.replace(candidate, version=f"v{numbers[-1] + 1}")
+    compare_with = version or (f"v{numbers[-1]}" if numbers else None)
+    if compare_with is not None and (model_dir / compare_with).exists():
+        existing = _existing_version(model_dir / compare_with, candidate)
+        if existing is not None:
+            return StoredModel(path=existing[0], manifest=existing[1], written=False)
+        if version is not None:
+            raise ConversionError(f"{model_dir / version} already exists with a different model")
+    target = model_dir / candidate.version
+    _write_version(Path(out_repo), target, prepared.onnx_bytes, candidate)
+    return StoredModel(path=target, manifest=candidate, written=True)
+
+
 def export_model(
     booster: xgboost.Booster,
     *,
@@ -417,6 +575,7 @@ def export_model(
     thresholds: Mapping[str, float],
     missing: str,
     source_path: Path,
+    source_xgboost_version: str | None = None,
     metrics: Mapping[str, float] | None = None,
     version: str | None = None,
     description: str = "",
@@ -426,7 +585,8 @@ def export_model(
     The gate is: ``onnx.checker`` accepts the model, onnxruntime loads it, and its output matches
     ``Booster.predict`` within `PARITY_TOLERANCE` on at least `MIN_PARITY_ROWS` probe rows with
     missing values and values at and around every split threshold. Only then are ``model.onnx``
-    and ``manifest.json`` written, together, to ``<out_repo>/<name>/<version>/``.
+    and ``manifest.json`` written, together, to ``<out_repo>/<name>/<version>/``
+    (`prepare_model`, then `store_model`).
 
     Args:
         booster: The booster to convert.
@@ -439,6 +599,8 @@ def export_model(
         thresholds: Strategy -> decision threshold, with a ``default`` entry.
         missing: ``nan`` or ``zero``.
         source_path: The booster file, hashed and described in the manifest.
+        source_xgboost_version: The XGBoost version that saved the booster, when the caller
+            knows it (pickles); by default it is read from the JSON or UBJ file.
         metrics: Quality measures to record, e.g. ``{"auc": 0.71}``.
         version: Version label; by default ``v<N+1>`` after the highest ``v<N>``. If the newest
             version (or the given one) already holds the same model, nothing is written.
@@ -452,41 +614,20 @@ def export_model(
             manifest values are invalid, the given version exists with another model, or the
             files cannot be written. Nothing is left in the repository.
     """
-    features = list(feature_names)
-    model, onnx_bytes, parity = _run_gate(booster, len(features))
-    try:
-        candidate = Manifest(
-            name=name,
-            version=version or "v1",
-            kind=kind,
-            symbols=list(symbols),
-            strategies=list(strategies),
-            features=features,
-            missing=missing,
-            thresholds=dict(thresholds),
-            onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-            source=_source_info(booster, Path(source_path)),
-            converter=_converter_versions(model),
-            parity=parity,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            metrics=dict(metrics or {}),
-            description=description,
-        )
-    except ManifestError as ex:
-        raise ConversionError(f"invalid manifest: {ex}") from ex
-
-    # APPSEC: the repository is only looked at once the manifest has vetted name and version.
-    model_dir = Path(out_repo) / name
-    numbers = _numbered_versions(model_dir)
-    if version is None and numbers:
-        candidate = msgspec.structs.replace(candidate, version=f"v{numbers[-1] + 1}")
-    compare_with = version or (f"v{numbers[-1]}" if numbers else None)
-    if compare_with is not None and (model_dir / compare_with).exists():
-        existing = _existing_version(model_dir / compare_with, candidate)
-        if existing is not None:
-            return existing
-        if version is not None:
-            raise ConversionError(f"{model_dir / version} already exists with a different model")
-    target = model_dir / candidate.version
-    _write_version(Path(out_repo), target, onnx_bytes, candidate)
-    return target, candidate
+    prepared = prepare_model(
+        booster,
+        feature_names=feature_names,
+        name=name,
+        kind=kind,
+        symbols=symbols,
+        strategies=strategies,
+        thresholds=thresholds,
+        missing=missing,
+        source_path=source_path,
+        source_xgboost_version=source_xgboost_version,
+        metrics=metrics,
+        version=version,
+        description=description,
+    )
+    stored = store_model(prepared, out_repo)
+    return stored.path, stored.manifest

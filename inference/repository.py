@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterable
@@ -13,7 +14,7 @@ from typing import Any, Final
 import numpy as np
 import onnxruntime as ort
 
-from convert.manifest import Manifest, ManifestError, read_manifest, sha256_file
+from convert.manifest import Manifest, ManifestError, read_manifest
 from kernels.assemble import GatherMaps
 from kernels.registry import FeaturePlan, FeatureRegistry
 
@@ -117,7 +118,9 @@ def load_model(path: Path, registry: FeatureRegistry) -> LoadedModel:
         manifest = read_manifest(manifest_path)
     except (ManifestError, OSError, ValueError) as ex:
         raise ModelLoadError(f"{manifest_path}: {ex}") from ex
-    digest = sha256_file(model_path)
+    # APPSEC: hash the very bytes onnxruntime gets, so the file cannot change between the two.
+    model_bytes = model_path.read_bytes()
+    digest = hashlib.sha256(model_bytes).hexdigest()
     if digest != manifest.onnx_sha256:
         raise ModelLoadError(
             f"{model_path}: sha256 {digest[:12]}… does not match the manifest's "
@@ -129,7 +132,7 @@ def load_model(path: Path, registry: FeatureRegistry) -> LoadedModel:
         raise ModelLoadError(f"{manifest_path}: {ex}") from ex
     try:
         session = ort.InferenceSession(
-            model_path.read_bytes(),
+            model_bytes,
             sess_options=session_options(),
             providers=["CPUExecutionProvider"],
         )
@@ -170,10 +173,19 @@ class ModelSet:
     repository: Path
     loaded_at: datetime
     _routes: dict[tuple[str, str], LoadedModel | None] = field(default_factory=dict)
+    _named_symbols: frozenset[str] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        self._named_symbols = frozenset(
+            symbol for model in self.models for symbol in model.manifest.symbols
+        )
 
     def route(self, symbol: str, strategy: str) -> LoadedModel | None:
         """Return the model that answers (symbol, strategy), or None (SPEC §5.2)."""
-        key = (symbol, strategy)
+        # APPSEC: clients choose the symbol; a symbol no manifest names can only reach a model
+        # that serves every symbol, so all such symbols share one cache entry per strategy and
+        # random symbols cannot grow the cache.
+        key = (symbol if symbol in self._named_symbols else "", strategy)
         try:
             return self._routes[key]
         except KeyError:
@@ -189,7 +201,8 @@ class ModelSet:
                 if model.manifest.kind == kind and _serves(model.manifest, symbol, strategy)
             ]
             if candidates:
-                return max(candidates, key=lambda model: model.manifest.created)
+                # Newest first; name and version only break ties, so the choice is stable.
+                return max(candidates, key=_newest)
         return None
 
     def warm(self) -> None:
@@ -202,14 +215,20 @@ class ModelSet:
                 model.score(sample)
 
 
+def _newest(model: LoadedModel) -> tuple[Any, ...]:
+    manifest = model.manifest
+    return (manifest.created, version_sort_key(manifest.version), manifest.name)
+
+
 def _serves(manifest: Manifest, symbol: str, strategy: str) -> bool:
-    if manifest.kind == "symbol_strategy":
-        return symbol in manifest.symbols and strategy in manifest.strategies
-    if manifest.kind in ("symbol", "group"):
-        return symbol in manifest.symbols and (
-            not manifest.strategies or strategy in manifest.strategies
-        )
-    return not manifest.symbols or symbol in manifest.symbols
+    """Whether a model serves an order: empty ``symbols``/``strategies`` lists mean all.
+
+    Only a ``default`` model may leave ``symbols`` empty (the manifest insists), and a
+    ``symbol_strategy`` model always lists its strategies.
+    """
+    return (not manifest.symbols or symbol in manifest.symbols) and (
+        not manifest.strategies or strategy in manifest.strategies
+    )
 
 
 def newest_versions(repository: Path) -> Iterable[Path]:
@@ -230,7 +249,10 @@ def load_repository(repository: Path, registry: FeatureRegistry, warm: bool = Tr
     """
     if not repository.is_dir():
         raise ModelLoadError(f"model repository {repository} does not exist")
-    models = tuple(load_model(path, registry) for path in newest_versions(repository))
+    try:
+        models = tuple(load_model(path, registry) for path in newest_versions(repository))
+    except OSError as ex:  # a file removed or unreadable while the repository is scanned
+        raise ModelLoadError(f"model repository {repository}: {ex}") from ex
     if not models:
         raise ModelLoadError(f"model repository {repository} holds no model")
     model_set = ModelSet(models=models, repository=repository, loaded_at=datetime.now(UTC))

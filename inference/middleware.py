@@ -141,7 +141,10 @@ class GatedApp(falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]):
             await super().__call__(scope, receive, send)
             return
         started = time.perf_counter()
-        exchange = _Exchange(_request_id(scope["headers"]), started + self.limits.deadline_s)
+        # ASGI allows any iterable of iterable pairs (falcon's test client passes one-shot
+        # iterators): make them a list of pairs before reading, so the app sees every header.
+        scope["headers"] = headers = [(name, value) for name, value in scope["headers"]]
+        exchange = _Exchange(_request_id(headers), started + self.limits.deadline_s)
         token = REQUEST_ID.set(exchange.request_id.decode("ascii"))
         path: str = scope["path"]
         exempt = path in EXEMPT_PATHS or path.rstrip("/") in EXEMPT_PATHS

@@ -9,6 +9,7 @@ from tests.fixtures import (
     SEED_CURL_BODY,
     TUESDAY_MORNING,
     batch_of_32,
+    demo_settings,
     order,
     running_app,
 )
@@ -317,3 +318,15 @@ async def test_health_endpoints_and_models() -> None:
     assert unknown.status_code == 404
     assert missing_route.status_code == 404
     assert "error" in missing_route.json
+
+
+async def test_headers_reach_the_app_in_process() -> None:
+    # The ASGI scope may carry headers as one-shot iterables; the request gate must not eat them.
+    async with running_app(demo_settings(admin={"token": "sekrit"})) as client:
+        allowed = await client.simulate_post(
+            "/admin/reload", headers={"Authorization": "Bearer sekrit", "X-Request-ID": "abc123"}
+        )
+        refused = await client.simulate_post("/admin/reload", headers={"Authorization": "Bearer x"})
+    assert allowed.status_code == 200
+    assert allowed.headers["x-request-id"] == "abc123"
+    assert refused.status_code == 401

@@ -44,6 +44,13 @@ class TTLCache(Generic[V]):
         self.hits += 1
         return entry[1]
 
+    def peek(self, key: Hashable, now: float) -> V | None:
+        """Return the live value for ``key`` without counting a lookup or touching recency."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now:
+            return None
+        return entry[1]
+
     def put(self, key: Hashable, value: V, now: float, max_age: float | None = None) -> None:
         """Store ``value`` for ``ttl`` seconds (or less, when ``max_age`` is smaller)."""
         if not self.enabled:

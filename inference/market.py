@@ -130,7 +130,7 @@ class MarketData:
 
     def _fresh_from_cache(
         self, symbols: Sequence[str], as_of: datetime
-    ) -> dict[str, ResolvedSnapshot] | None:
+    ) -> dict[str, ResolvedSnapshot | None] | None:
         """Answer every symbol from the first provider's cache, or None to take the full path.
 
         PERF: between bar completions every symbol of a batch is cached; gathering one task
@@ -146,7 +146,7 @@ class MarketData:
             snapshot = self.cache.peek(key, clock)
             if snapshot is None or snapshot.as_of != bar_key:
                 return None
-        answered: dict[str, ResolvedSnapshot] = {}
+        answered: dict[str, ResolvedSnapshot | None] = {}
         for key in keys:
             # get() again to count the hit and refresh recency, as the full path would.
             snapshot = self.cache.get(key, clock)

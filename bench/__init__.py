@@ -1,0 +1,1 @@
+"""Benchmarks, load tests, the previous design's peer, and latency history (SPEC §8)."""

@@ -101,10 +101,11 @@ def raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 10.0
     """Send bytes as they are (lying headers included) and return everything answered."""
     with socket.create_connection((HOST, port), timeout=timeout) as sock:
         sock.sendall(head + body)
-        return _read_response(sock)
+        return read_response(sock)
 
 
-def _read_response(sock: socket.socket) -> bytes:
+def read_response(sock: socket.socket) -> bytes:
+    """Read one whole HTTP response (head and Content-Length body) from a socket."""
     received = b""
     while b"\r\n\r\n" not in received:
         chunk = sock.recv(65536)

@@ -10,7 +10,14 @@ import msgspec
 import pytest
 
 from tests.fixtures import SEED_CURL_BODY, batch_of_32
-from tests.inference.servers import HOST, header_of, raw_request, serving, status_of
+from tests.inference.servers import (
+    HOST,
+    header_of,
+    raw_request,
+    read_response,
+    serving,
+    status_of,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -95,7 +102,7 @@ def test_a_request_past_its_deadline_gets_503() -> None:
         with sock:
             sock.settimeout(5)
             started = time.monotonic()
-            response = sock.recv(65536)
+            response = read_response(sock)
             elapsed = time.monotonic() - started
         assert status_of(response) == 503
         assert header_of(response, b"retry-after") == b"1"

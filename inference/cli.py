@@ -84,6 +84,16 @@ def _export(name: str, value: object | None) -> None:
         os.environ[ENV_PREFIX + name] = str(value)
 
 
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="YAML configuration file (default: config/config.yaml).",
+)
+"""The ``--config`` option every command that reads settings takes."""
+
+
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (server.host).")
 @click.option("--port", type=int, default=None, help="TCP port (server.port).")
@@ -93,13 +103,7 @@ def _export(name: str, value: object | None) -> None:
     default=None,
     help="Model repository (prediction.models_dir).",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="YAML configuration file (default: config/config.yaml).",
-)
+@config_option
 @click.option("--workers", type=int, default=None, help="Worker processes; > 1 runs gunicorn.")
 def serve(
     host: str | None,
@@ -189,13 +193,7 @@ def serve(
     show_default=True,
     help="Replay: market seconds per real second, from the day's 09:30.",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="YAML configuration file (default: config/config.yaml).",
-)
+@config_option
 def feed(
     source: str,
     redis_address: str | None,

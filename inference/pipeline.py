@@ -84,7 +84,6 @@ class StageTimes:
     features: float = 0.0
     inference: float = 0.0
     decide: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

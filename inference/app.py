@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import time
@@ -49,6 +50,8 @@ from .service import Service, build_service
 
 log = logging.getLogger(__name__)
 JSON = falcon.MEDIA_JSON
+#: Buffered metric observations moved per turn of the event loop (~5 µs each).
+FLUSH_SLICE = 100
 
 
 class ServiceHolder:
@@ -89,6 +92,11 @@ class Lifespan:
         """Load models, compile kernels and warm the pipeline; a failure aborts start-up."""
         service = await asyncio.to_thread(build_service, self.holder.settings)
         await service.start()
+        # PERF: what start-up built (models, compiled kernels, polars, the simulator) lives as
+        # long as the worker. Freezing it keeps the collector from walking ~170k objects on
+        # every full collection: ~100 ms that would otherwise land on some request's latency.
+        gc.collect()
+        gc.freeze()
         self.holder.service = service
         if self.holder.prediction_log is not None:
             self.holder.prediction_log.start()
@@ -108,9 +116,14 @@ class Lifespan:
 
     async def _sample_metrics(self) -> None:
         interval = self.holder.settings.observability.metrics_interval_s
+        recorder = self.holder.recorder
         while True:
             await asyncio.sleep(interval)
             try:
+                # PERF: in slices with a turn of the loop between them, so moving a second of
+                # buffered observations never stalls a request by more than ~0.5 ms.
+                while not recorder.flush(FLUSH_SLICE):
+                    await asyncio.sleep(0)
                 self.holder.sample_metrics()
             except Exception:
                 # Metrics must never take the worker down; say so and keep sampling.

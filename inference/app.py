@@ -416,6 +416,7 @@ def create_app(
     performance = settings.performance
     limits = Limits(
         max_in_flight=performance.max_in_flight,
+        max_queue_s=performance.max_queue_ms / 1e3,
         deadline_s=performance.batch_predictions.timeout_ms / 1e3,
         retry_after_s=performance.retry_after_s,
         slow_s=settings.observability.slow_request_ms / 1e3,

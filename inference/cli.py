@@ -131,6 +131,7 @@ def serve(
 
     import uvicorn
 
+    from .protocol import StampingProtocol
     from .workers import DrainingServer
 
     config = uvicorn.Config(
@@ -143,6 +144,7 @@ def serve(
         log_config=None,
         limit_concurrency=settings.server.limit_concurrency,
         timeout_graceful_shutdown=int(settings.server.graceful_timeout_s),
+        http=StampingProtocol,
     )
     DrainingServer(config, settings.server.drain_s).run()
 

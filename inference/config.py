@@ -317,6 +317,10 @@ class PerformanceSettings(Section):
     max_in_flight: int = Field(default=2, ge=1)
     """Requests one worker serves at once (health, readiness and metrics excepted); more are
     refused at once with 503 and ``Retry-After`` rather than queued behind the CPU."""
+    max_queue_ms: float = Field(default=2.0, gt=0)
+    """Longest a request may wait on a worker's event loop, between being read and being
+    admitted, behind batches read before it; a longer wait is refused at once with 503 and
+    ``Retry-After`` (overload is shed before latency grows)."""
     retry_after_s: int = Field(default=1, ge=1)
     """``Retry-After`` seconds sent with a 503 for overload or a missed deadline."""
 

@@ -1,8 +1,20 @@
 """The request gate: request ids, load shedding, deadlines, drain, request metrics and logs.
 
 It wraps Falcon at the ASGI level (a subclass of ``falcon.asgi.App``) so that a request refused
-for overload costs a few microseconds and never builds Falcon's request objects: under 4× the
-capacity the CPU goes to the requests that were admitted, and their latency holds.
+for overload never builds Falcon's request objects: under 4× the capacity the CPU goes to the
+requests that were admitted, and their latency holds.
+
+Two rules shed load, both answered at once with 503 and ``Retry-After``:
+
+* **queueing delay**: a worker scores one batch at a time on its event loop, so requests read
+  together wait in the loop's ready queue while the one before them is scored. A request that
+  reaches the gate more than ``max_queue_s`` after it was read (``inference.protocol`` stamps
+  the read time), with another request served in the meantime, is refused: admitting it would
+  add the wait to its answer, and the next request read would wait longer still. Requests
+  arriving one at a time never wait behind another and are never refused, however busy the
+  worker is between them; nor is a request delayed only by a pause of the whole process.
+* **concurrency**: at most ``max_in_flight`` admitted requests at once, which only matters when
+  they suspend (a market-data provider doing I/O).
 """
 
 from __future__ import annotations
@@ -21,11 +33,15 @@ import msgspec
 
 from .logs import REQUEST_ID
 from .metrics import Recorder
+from .protocol import received_at, uncount
 
 log = logging.getLogger("inference.access")
 
 #: Paths that are never shed and have no deadline: probes and scrapes must answer under load.
 EXEMPT_PATHS: Final = frozenset({"/health", "/v2/health/live", "/v2/health/ready", "/metrics"})
+#: Never shed, but held to the deadline: an operator must be able to swap models during an
+#: overload (the reload goes on past the deadline; the answer does not wait for it).
+UNSHED_PATHS: Final = frozenset({"/admin/reload"})
 #: APPSEC: a client's ``X-Request-ID`` is echoed and logged only if it is short and plain.
 _REQUEST_ID_SHAPE: Final = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 _REQUEST_ID_HEADER: Final = b"x-request-id"
@@ -33,6 +49,8 @@ _CONNECTION_CLOSE: Final = (b"connection", b"close")
 _METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _PATH_LOGGED: Final = 200
 _SHED_WARNING_EVERY_S: Final = 10.0
+#: Refusals logged as a periodic summary, not a line each.
+_SUMMARISED: Final = frozenset({"queue", "concurrency"})
 
 
 @dataclass(eq=False)
@@ -66,12 +84,15 @@ class Limits:
 
     Attributes:
         max_in_flight: Requests served at once; more are refused with 503 at once.
-        deadline_s: Longest a request may take; past it the answer is 503.
+        max_queue_s: Longest a request may wait on the worker's event loop between being read
+            and reaching the gate; longer is refused with 503 at once.
+        deadline_s: Longest a request may take from being read; past it the answer is 503.
         retry_after_s: ``Retry-After`` of those 503s.
         slow_s: Requests slower than this are logged at WARNING.
     """
 
     max_in_flight: int
+    max_queue_s: float
     deadline_s: float
     retry_after_s: int
     slow_s: float
@@ -110,6 +131,9 @@ class GatedApp(falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]):
         self.recorder = recorder
         self.drain = drain
         self.in_flight = 0
+        # When the last admitted request finished: a request read before that waited behind
+        # work, not behind a pause of the whole process (which no refusal would shorten).
+        self._done_at = 0.0
         self._endpoints: dict[str, str] = {}
         self._shed_since_warning = 0
         self._last_shed_warning = 0.0
@@ -119,6 +143,16 @@ class GatedApp(falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]):
             {
                 "error": f"server overloaded: more than {limits.max_in_flight} requests in "
                 f"flight on this worker; retry after {limits.retry_after_s} s",
+                "retry_after": limits.retry_after_s,
+            },
+            limits.retry_after_s,
+        )
+        self._queued = _encoded_error(
+            503,
+            {
+                "error": f"server overloaded: the request waited more than "
+                f"{limits.max_queue_s * 1e3:g} ms for this worker; retry after "
+                f"{limits.retry_after_s} s",
                 "retry_after": limits.retry_after_s,
             },
             limits.retry_after_s,
@@ -141,34 +175,38 @@ class GatedApp(falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]):
             await super().__call__(scope, receive, send)
             return
         started = time.perf_counter()
+        received = received_at(scope, started)
         # ASGI allows any iterable of iterable pairs (falcon's test client passes one-shot
         # iterators): make them a list of pairs before reading, so the app sees every header.
         scope["headers"] = headers = [(name, value) for name, value in scope["headers"]]
-        exchange = _Exchange(_request_id(headers), started + self.limits.deadline_s)
+        exchange = _Exchange(_request_id(headers), received + self.limits.deadline_s)
         token = REQUEST_ID.set(exchange.request_id.decode("ascii"))
         path: str = scope["path"]
-        exempt = path in EXEMPT_PATHS or path.rstrip("/") in EXEMPT_PATHS
+        route = path.rstrip("/") or "/"
         try:
-            if exempt:
+            if route in EXEMPT_PATHS:
                 await super().__call__(scope, receive, self._sender(send, exchange))
+            elif route in UNSHED_PATHS:
+                await self._admit(scope, receive, send, exchange)
+            elif started - received > self.limits.max_queue_s and self._done_at > received:
+                self._note_shed(scope, "queue")
+                await self._refuse(send, exchange, self._queued, "queue")
             elif self.in_flight >= self.limits.max_in_flight:
+                self._note_shed(scope, "concurrency")
                 await self._refuse(send, exchange, self._overloaded, "concurrency")
-                self._note_shed()
             else:
                 await self._admit(scope, receive, send, exchange)
         finally:
-            self._finish(scope, exchange, time.perf_counter() - started)
+            self._finish(scope, exchange, time.perf_counter() - received)
             REQUEST_ID.reset(token)
 
     async def _admit(self, scope: dict[str, Any], receive: Any, send: Any, ex: _Exchange) -> None:
         self.in_flight += 1
         try:
-            # PERF: a warm batch never suspends, so requests parsed together would run one
-            # after another with in_flight at 1 while the rest wait unseen in the loop's ready
-            # queue. Yielding once lets every waiting request reach the gate and be counted,
-            # so the ones beyond max_in_flight are refused now instead of answered late.
-            await asyncio.sleep(0)
-            async with asyncio.timeout(self.limits.deadline_s) as timeout:
+            # PERF: no yield before scoring. A warm batch never suspends, so the requests read
+            # with this one wait behind it; the queueing-delay rule refuses them when they
+            # reach the gate, instead of a yield here making this one wait behind them.
+            async with asyncio.timeout(ex.deadline - time.perf_counter()) as timeout:
                 ex.timeout = timeout
                 await super().__call__(scope, receive, self._sender(send, ex))
         except TimeoutError:
@@ -177,6 +215,7 @@ class GatedApp(falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]):
             await self._refuse(send, ex, self._late, "deadline")
         finally:
             self.in_flight -= 1
+            self._done_at = time.perf_counter()
         if ex.withheld:
             # CPU-bound work ran past the deadline without an await to interrupt it.
             await self._refuse(send, ex, self._late, "deadline")
@@ -225,8 +264,10 @@ class GatedApp(falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]):
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def _note_shed(self) -> None:
-        self.recorder.shed("concurrency")
+    def _note_shed(self, scope: dict[str, Any], reason: str) -> None:
+        # Refused at the door, it did no work: it must not bring the worker's recycling closer.
+        uncount(scope)
+        self.recorder.shed(reason)
         self._shed_since_warning += 1
         now = time.monotonic()
         # A log line per refused request would spend the CPU the refusal saves: summarise.
@@ -236,6 +277,7 @@ class GatedApp(falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]):
                 extra={
                     "refused": self._shed_since_warning,
                     "max_in_flight": self.limits.max_in_flight,
+                    "max_queue_ms": self.limits.max_queue_s * 1e3,
                 },
             )
             self._shed_since_warning = 0
@@ -249,7 +291,7 @@ class GatedApp(falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]):
         endpoint = self._endpoint(path)
         self.recorder.request(endpoint, method, ex.status, seconds)
         status = ex.status
-        if ex.refused == "concurrency":
+        if ex.refused in _SUMMARISED:
             level = logging.DEBUG  # summarised by _note_shed
         elif status >= 500 or seconds > self.limits.slow_s:
             level = logging.WARNING

@@ -26,6 +26,7 @@ from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
 from .config import load_settings
+from .protocol import StampingProtocol
 
 #: The variable prometheus-client reads to turn multiprocess mode on.
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -95,6 +96,7 @@ class Worker(UvicornWorker):  # type: ignore[misc]
             **UvicornWorker.CONFIG_KWARGS,
             "limit_concurrency": server.limit_concurrency,
             "timeout_graceful_shutdown": int(server.graceful_timeout_s),
+            "http": StampingProtocol,
         }
         super().__init__(*args, **kwargs)
 

@@ -309,6 +309,7 @@ def test_reload_under_load_fails_no_request_and_never_mixes_versions(
         MAGIC8_PREDICTOR_PERFORMANCE__CACHE__PREDICTION_TTL="0",
         # Room for the 4 clients and the admin: this test is about reloads, not load shedding.
         MAGIC8_PREDICTOR_PERFORMANCE__MAX_IN_FLIGHT="8",
+        MAGIC8_PREDICTOR_PERFORMANCE__MAX_QUEUE_MS="60000",
         MAGIC8_PREDICTOR_ADMIN_TOKEN=TOKEN,
     )
     with serving(env=environment) as server:

@@ -22,7 +22,7 @@ from inference.repository import LoadedModel, session_options
 from inference.schema import BATCH_DECODER, ENCODER, decode
 from inference.service import Service, build_service
 
-from . import feature_passes
+from . import calibration, feature_passes
 from .harness import Sample, interleave, interleave_async, ratio
 from .workload import body_ring, ring_size
 
@@ -45,6 +45,11 @@ class KernelResult:
         """Python reference median ÷ Numba median."""
         return ratio(self.samples["reference"], self.samples["numba"])
 
+    @property
+    def per_calibration(self) -> float:
+        """Numba's median CPU time in units of the yardstick timed in the same rounds."""
+        return calibration.per_unit(self.samples["numba"], self.samples["calibration"])
+
 
 def bench_kernels(rounds: int, budget_s: float) -> KernelResult:
     """Time the feature pass: Numba kernels vs polars expressions vs the Python reference."""
@@ -57,9 +62,10 @@ def bench_kernels(rounds: int, budget_s: float) -> KernelResult:
             "numba": lambda: feature_passes.numba_pass(inputs),
             "polars": lambda: feature_passes.polars_pass(inputs),
             "reference": lambda: feature_passes.reference_pass(inputs),
+            "calibration": calibration.work,
         },
         rounds,
-        repeat={"numba": 10},
+        repeat={"numba": 10, "calibration": 10},
         budget_s=budget_s,
     )
     return KernelResult(samples, polars_diff, reference_diff)
@@ -171,6 +177,7 @@ class PipelineResult:
     cold: Sample
     cached: Sample
     ort_routed: Sample
+    yardstick: Sample
     stages_us: dict[str, float]
     routed_models: list[str]
     routed_rows: int
@@ -182,6 +189,16 @@ class PipelineResult:
     def overhead_vs_ort(self) -> float:
         """(pipeline − bare onnxruntime) ÷ bare onnxruntime, medians of this run."""
         return (self.warm.p50 - self.ort_routed.p50) / self.ort_routed.p50
+
+    @property
+    def per_calibration(self) -> float:
+        """The warm pipeline's median CPU time in units of the yardstick of the same rounds."""
+        return calibration.per_unit(self.warm, self.yardstick)
+
+    @property
+    def ort_per_calibration(self) -> float:
+        """Bare onnxruntime's median CPU time in units of the same yardstick."""
+        return calibration.per_unit(self.ort_routed, self.yardstick)
 
 
 async def bench_pipeline(
@@ -214,9 +231,12 @@ async def bench_pipeline(
     async def cached() -> bytes:
         return await pipeline.handle(cached_body)
 
-    # Warm and bare onnxruntime alternate, so their ratio is immune to drift.
+    async def yardstick() -> None:
+        calibration.work()
+
+    # Warm, bare onnxruntime and the yardstick alternate, so their ratios are immune to drift.
     samples = await interleave_async(
-        {"warm": pipeline.handle_next, "ort_routed": ort},
+        {"warm": pipeline.handle_next, "ort_routed": ort, "calibration": yardstick},
         rounds,
         warmup=len(pipeline.bodies),
         budget_s=budget_s,
@@ -230,6 +250,7 @@ async def bench_pipeline(
         cold=cold_sample,
         cached=cached_sample,
         ort_routed=samples["ort_routed"],
+        yardstick=samples["calibration"],
         stages_us=pipeline.stage_medians_us(),
         routed_models=sorted({model.label for model, _ in routed}),
         routed_rows=sum(rows.shape[0] for _, rows in routed),

@@ -7,6 +7,7 @@ import math
 import operator
 import platform
 import re
+import statistics
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,20 +29,27 @@ RATIO_FLOORS: dict[str, float] = {
     "ratio_ort_vs_xgboost_routed": 1.5,
 }
 
-#: Medians tracked from run to run: history key → True when higher is better. In-process
-#: cases are tracked in thread CPU time, which waiting for a core on a shared machine does not
-#: inflate; HTTP can only be judged on the wall clock, so a regression there is re-measured
-#: once before the gate believes it (see ``runner``).
+#: Figures tracked from run to run: history key → True when higher is better. Each is a median
+#: in units of the yardstick (``bench/calibration.py``) timed in the same rounds of the same
+#: process, never a bare median: this machine class's speed moves 1.5–2× between hours, which
+#: a bare median cannot tell from a regression. In-process figures are in thread CPU time;
+#: HTTP figures are wall clock against the yardstick timed around them, and a regression there
+#: is re-measured once before the gate believes it (see ``runner``). The bare medians stay in
+#: the history for the chart and for people.
 TRACKED: dict[str, bool] = {
-    "pipeline_batch32_cpu_us_p50": False,
-    "kernels_numba_cpu_us_p50": False,
-    "ort_routed_cpu_us_p50": False,
-    "http_batch32_c1_ms_p50": False,
-    "http_batch32_c8_workers2_rps": True,
+    "pipeline_per_calibration": False,
+    "kernels_per_calibration": False,
+    "ort_per_calibration": False,
+    "http_c1_per_calibration": False,
+    "http_c8_workers2_per_calibration": True,
 }
 
-#: A tracked median this much worse than the last run on the same machine class fails the gate.
+#: A tracked figure this much worse than its baseline fails the gate.
 REGRESSION_TOLERANCE = 1.5
+
+#: The baseline of a tracked figure: the median of its last this-many values recorded on the
+#: same machine class with the same yardstick, so one lucky run does not set the bar.
+BASELINE_RUNS = 3
 
 
 @dataclass(frozen=True)
@@ -196,8 +204,9 @@ def history_line(report: Mapping[str, Any]) -> dict[str, Any]:
         "ort_routed_us_p50": _get(report, "inference_us", "routed", "onnxruntime", "p50"),
         "ort_routed_cpu_us_p50": _get(report, "inference_us", "routed", "onnxruntime", "cpu_p50"),
         "ready_seconds": _get(report, "ready_seconds"),
+        "calibration_version": report.get("calibration_version"),
     }
-    for name in RATIO_FLOORS:
+    for name in (*RATIO_FLOORS, *TRACKED):
         line[name] = _get(report, name)
     return line
 
@@ -222,12 +231,38 @@ def append_history(report: Mapping[str, Any], path: Path = HISTORY_FILE) -> None
         history.write(json.dumps(history_line(report), sort_keys=True) + "\n")
 
 
+def baselines(
+    current: Mapping[str, Any], history: Sequence[Mapping[str, Any]]
+) -> dict[str, tuple[float, list[str]]]:
+    """Tracked key → (its baseline, the commits it came from) for ``current``'s history line.
+
+    Only runs of the same machine class and yardstick version count; the baseline is the
+    median of the last :data:`BASELINE_RUNS` values recorded for the key.
+    """
+    comparable = [
+        run
+        for run in history
+        if run.get("machine_class") == current["machine_class"]
+        and run.get("calibration_version") == current.get("calibration_version")
+    ]
+    result: dict[str, tuple[float, list[str]]] = {}
+    for key in TRACKED:
+        recent = [
+            (float(run[key]), str(run.get("commit", "?")))
+            for run in comparable
+            if isinstance(run.get(key), int | float) and run[key] > 0
+        ][-BASELINE_RUNS:]
+        if recent:
+            result[key] = (statistics.median(value for value, _ in recent), [c for _, c in recent])
+    return result
+
+
 def gate(report: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> list[str]:
     """Return every reason this run is a regression (empty when it passes).
 
     Two checks, both robust to a noisy machine: ratios measured in this same run against
-    their floors, and each tracked median against the last run recorded on the same machine
-    class, failing only when it is more than 50 % worse.
+    their floors, and each tracked figure (in yardstick units) against its baseline from
+    earlier runs on the same machine class, failing only when it is more than 50 % worse.
     """
     failures = []
     for name, floor in RATIO_FLOORS.items():
@@ -235,21 +270,16 @@ def gate(report: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> lis
         if value is not None and value < floor:
             failures.append(f"{name} = {value:.1f}, below its floor {floor:g} (same run)")
     current = history_line(report)
-    previous = next(
-        (run for run in reversed(history) if run.get("machine_class") == current["machine_class"]),
-        None,
-    )
-    if previous is None:
-        return failures
-    for key, higher_is_better in TRACKED.items():
-        now, before = current.get(key), previous.get(key)
-        if not isinstance(now, int | float) or not isinstance(before, int | float) or not before:
+    for key, (before, commits) in baselines(current, history).items():
+        now = current.get(key)
+        if not isinstance(now, int | float) or now <= 0:
             continue
+        higher_is_better = TRACKED[key]
         worse = before / now if higher_is_better else now / before
         if worse > REGRESSION_TOLERANCE:
             failures.append(
-                f"{key} = {now:.4g}, {worse:.2f}× worse than {before:.4g} at "
-                f"{previous.get('commit', '?')} (limit {REGRESSION_TOLERANCE:g}×)"
+                f"{key} = {now:.4g}, {worse:.2f}× worse than {before:.4g}, the median of "
+                f"{', '.join(commits)} (limit {REGRESSION_TOLERANCE:g}×)"
             )
     return failures
 
@@ -311,6 +341,12 @@ def _rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         "µs",
         f"overhead {_fmt(report.get('pipeline_overhead_vs_ort'), 2)}× ORT; CPU p50 "
         f"{_fmt((report.get('pipeline_batch32_us') or {}).get('cpu_p50'))} µs",
+    )
+    sample(
+        "yardstick, in the same rounds",
+        (report.get("calibration_us") or {}).get("in_process"),
+        "µs",
+        f"pipeline = {_fmt(report.get('pipeline_per_calibration'), 2)} yardsticks (CPU)",
     )
     sample("pipeline 32 orders, cold caches", report.get("pipeline_batch32_cold_us"), "µs")
     sample(
@@ -391,12 +427,18 @@ def render_table(report: Mapping[str, Any]) -> str:
                 f"{', '.join(retried['sections'])} again; {len(gate_result['failures'])} recurred"
             )
             lines += [f"  (first) {failure}" for failure in retried["first_failures"]]
+        lines.append("tracked, in yardstick units (this run / baseline):")
+        known = gate_result.get("baselines", {})
+        for key in TRACKED:
+            value = _get(report, key)
+            baseline = known.get(key)
+            against = f"{baseline['value']:.4g}" if baseline else "none yet"
+            lines.append(f"  {key:<36} {_fmt(value, 3):>8} / {against}")
         if gate_result["failures"]:
             lines.append("regression gate: FAIL")
             lines += [f"  - {failure}" for failure in gate_result["failures"]]
         else:
-            baseline = gate_result.get("baseline") or "no earlier run on this machine class"
-            lines.append(f"regression gate: pass (compared with {baseline})")
+            lines.append("regression gate: pass")
     return "\n".join(lines)
 
 

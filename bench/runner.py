@@ -17,7 +17,8 @@ from typing import Any
 
 from inference.config import Settings, load_settings
 
-from . import inprocess, loadtest, report
+from . import calibration, inprocess, loadtest, report
+from .harness import Sample
 from .workload import body_ring, ring_size
 
 
@@ -120,8 +121,12 @@ class _Suite:
             result["ready_seconds"] = round(server.ready_seconds, 3)
             first = loadtest.first_request_ms(port, self.bodies[-1])
             result["first_request_ms"] = round(first, 3)
+            before = calibration.measure(YARDSTICK_S)
             c1 = loadtest.load(port, self.bodies, 1, self.budget.http_c1_s)
+            yardstick = _pooled(before, calibration.measure(YARDSTICK_S))
         result["http_batch32_c1_ms"] = c1.as_dict() | {"p50": c1.p50_ms, "p99": c1.p99_ms}
+        _record_yardstick(result, "http_one_worker", yardstick)
+        result["http_c1_per_calibration"] = round(c1.p50_ms * 1e3 / yardstick.p50, 3)
         _peer_ratio(result)
 
     def http_two_workers(self, result: dict[str, Any]) -> None:
@@ -133,15 +138,20 @@ class _Suite:
             # Readiness answers as soon as one worker is up; a short untimed run lets the
             # other finish its start-up before anything is measured.
             loadtest.load(port, self.bodies, 8, 2.0)
+            before = calibration.measure(YARDSTICK_S)
             for connections in (8, 64):
                 run = loadtest.load(port, self.bodies, connections, self.budget.http_load_s)
                 result[f"http_batch32_c{connections}_workers2"] = run.as_dict() | {
                     "p50": run.p50_ms,
                     "p99": run.p99_ms,
                 }
+            yardstick = _pooled(before, calibration.measure(YARDSTICK_S))
         # Throughput counts answered batches: a 503 (shed) is not a batch served.
         c8 = result["http_batch32_c8_workers2"]
         result["http_batch32_c8_workers2_rps"] = round(c8["ok_rps"], 1)
+        _record_yardstick(result, "http_two_workers", yardstick)
+        # Batches answered per yardstick-time: higher is better, like the rate itself.
+        result["http_c8_workers2_per_calibration"] = round(c8["ok_rps"] * yardstick.p50 / 1e6, 4)
 
     def http_peer(self, result: dict[str, Any]) -> None:
         """The previous design at concurrency 1."""
@@ -166,14 +176,27 @@ class _Suite:
 #: Which section measures each gated figure, so a regression can be measured again.
 _SECTION_OF = {
     "ratio_kernels_vs_polars": ("kernels",),
-    "kernels_numba_cpu_us_p50": ("kernels",),
-    "pipeline_batch32_cpu_us_p50": ("in_process",),
+    "kernels_per_calibration": ("kernels",),
+    "pipeline_per_calibration": ("in_process",),
     "ratio_ort_vs_xgboost_routed": ("in_process",),
-    "ort_routed_cpu_us_p50": ("in_process",),
-    "http_batch32_c1_ms_p50": ("http_one_worker",),
-    "http_batch32_c8_workers2_rps": ("http_two_workers",),
+    "ort_per_calibration": ("in_process",),
+    "http_c1_per_calibration": ("http_one_worker",),
+    "http_c8_workers2_per_calibration": ("http_two_workers",),
     "ratio_vs_previous_design": ("http_one_worker", "http_peer"),
 }
+
+#: Seconds of yardstick before and after each HTTP measurement (in the bench process, while
+#: the server idles), pooled: the HTTP figures are gated in its units.
+YARDSTICK_S = 0.5
+
+
+def _pooled(first: Sample, second: Sample) -> Sample:
+    return Sample("calibration", first.times_us + second.times_us, first.cpu_us + second.cpu_us)
+
+
+def _record_yardstick(result: dict[str, Any], section: str, yardstick: Sample) -> None:
+    result.setdefault("calibration_us", {})[section] = yardstick.summary()
+    result["calibration_version"] = calibration.VERSION
 
 
 def _peer_ratio(result: dict[str, Any]) -> None:
@@ -222,18 +245,14 @@ def run(options: Options) -> tuple[dict[str, Any], list[str]]:
     retried = None
     if failures:
         failures, retried = confirm(suite, result, failures, history)
-    baseline = next(
-        (
-            run
-            for run in reversed(history)
-            if run.get("machine_class") == result["machine"]["class"]
-        ),
-        None,
-    )
+    baselines = report.baselines(report.history_line(result), history)
     result["gate"] = {
         "failures": failures,
         "retried": retried,
-        "baseline": baseline.get("commit") if baseline else None,
+        "baselines": {
+            key: {"value": value, "commits": commits} for key, (value, commits) in baselines.items()
+        },
+        "baseline_runs": report.BASELINE_RUNS,
         "ratio_floors": report.RATIO_FLOORS,
         "regression_tolerance": report.REGRESSION_TOLERANCE,
     }
@@ -261,13 +280,17 @@ def base_report(mode: str) -> dict[str, Any]:
 
 def record_kernels(result: dict[str, Any], kernels: inprocess.KernelResult) -> None:
     """Put the feature-pass timings, their agreement and ratios into the report."""
-    result["kernels_us"] = {name: sample.summary() for name, sample in kernels.samples.items()}
+    result["kernels_us"] = {
+        name: sample.summary() for name, sample in kernels.samples.items() if name != "calibration"
+    }
     result["kernels_max_rel_diff"] = {
         "polars": kernels.max_rel_diff_polars,
         "reference": kernels.max_rel_diff_reference,
     }
     result["ratio_kernels_vs_polars"] = round(kernels.ratio_vs_polars, 2)
     result["ratio_kernels_vs_reference"] = round(kernels.ratio_vs_reference, 2)
+    _record_yardstick(result, "kernels", kernels.samples["calibration"])
+    result["kernels_per_calibration"] = round(kernels.per_calibration, 3)
 
 
 async def _in_process(
@@ -305,6 +328,9 @@ def _record_pipeline(result: dict[str, Any], pipeline: inprocess.PipelineResult)
     result["pipeline_stages_us"] = pipeline.stages_us
     result["ort_beside_pipeline_us"] = pipeline.ort_routed.summary()
     result["pipeline_overhead_vs_ort"] = round(pipeline.overhead_vs_ort, 3)
+    _record_yardstick(result, "in_process", pipeline.yardstick)
+    result["pipeline_per_calibration"] = round(pipeline.per_calibration, 3)
+    result["ort_per_calibration"] = round(pipeline.ort_per_calibration, 3)
     if pipeline.peer is not None:
         result["peer"] = {
             "in_process_us": pipeline.peer.summary(),

@@ -27,15 +27,36 @@ def _run(machine_class: str = "x86-test-2cpu", **metrics: Any) -> dict[str, Any]
         "ratio_vs_previous_design": 200.0,
         "ratio_kernels_vs_polars": 20.0,
         "ratio_ort_vs_xgboost_routed": 3.0,
+        "calibration_version": 1,
+        "pipeline_per_calibration": 1.6,
+        "kernels_per_calibration": 1.3,
+        "ort_per_calibration": 0.34,
+        "http_c1_per_calibration": 1.8,
+        "http_c8_workers2_per_calibration": 1.1,
     }
     result.update(metrics)
     return result
 
 
+def _failed(failures: list[str]) -> list[str]:
+    return [failure.split(" ")[0] for failure in failures]
+
+
 def test_a_run_like_the_last_one_passes() -> None:
     history = [report.history_line(_run())]
-    slower = {"p50": 420.0, "p99": 700.0, "cpu_p50": 400.0}
-    assert report.gate(_run(pipeline_batch32_us=slower), history) == []
+    assert report.gate(_run(pipeline_per_calibration=2.3), history) == []
+
+
+def test_a_slower_machine_is_not_a_regression() -> None:
+    """Bare medians twice as slow, the same in yardstick units: the machine, not the code."""
+    history = [report.history_line(_run())]
+    slower_machine = _run(
+        pipeline_batch32_us={"p50": 600.0, "p99": 1200.0, "cpu_p50": 580.0},
+        kernels_us={"numba": {"p50": 200.0, "cpu_p50": 190.0}},
+        http_batch32_c1_ms={"p50": 1.8, "p99": 4.0},
+        http_batch32_c8_workers2_rps=1000.0,
+    )
+    assert report.gate(slower_machine, history) == []
 
 
 def test_a_ratio_below_its_floor_fails_without_any_history() -> None:
@@ -44,25 +65,62 @@ def test_a_ratio_below_its_floor_fails_without_any_history() -> None:
     assert "ratio_kernels_vs_polars" in failures[0]
 
 
-def test_a_median_more_than_half_worse_than_the_last_run_fails() -> None:
-    fast = {"p50": 100.0, "p99": 1.0, "cpu_p50": 100.0}
-    history = [report.history_line(_run(pipeline_batch32_us=fast)), report.history_line(_run())]
-    slow = {"p50": 451.0, "p99": 900.0, "cpu_p50": 440.0}
-    failures = report.gate(_run(pipeline_batch32_us=slow), history)
-    assert [failure.split(" ")[0] for failure in failures] == ["pipeline_batch32_cpu_us_p50"]
+def test_a_figure_more_than_half_worse_than_its_baseline_fails() -> None:
+    history = [report.history_line(_run(pipeline_per_calibration=0.5)), report.history_line(_run())]
+    failures = report.gate(_run(pipeline_per_calibration=2.5), history)
+    assert _failed(failures) == ["pipeline_per_calibration"]
+    assert "worse than 1.05, the median of abc, abc" in failures[0]  # of 0.5 and 1.6
+
+
+def test_one_lucky_run_does_not_set_the_bar() -> None:
+    """The baseline is the median of the last three runs, so one fast outlier cannot fail CI."""
+    runs = [_run(commit=name) for name in ("a", "b")] + [
+        _run(commit="c", kernels_per_calibration=0.6)
+    ]
+    history = [report.history_line(run) for run in runs]
+    assert report.gate(_run(kernels_per_calibration=1.5), history) == []
+    # … while a real regression against the same history still fails.
+    assert _failed(report.gate(_run(kernels_per_calibration=2.1), history)) == [
+        "kernels_per_calibration"
+    ]
+
+
+def test_only_the_last_three_runs_make_the_baseline() -> None:
+    old = [_run(commit=f"old{k}", ort_per_calibration=0.1) for k in range(5)]
+    new = [_run(commit=f"new{k}") for k in range(3)]
+    history = [report.history_line(run) for run in old + new]
+    assert report.baselines(report.history_line(_run()), history)["ort_per_calibration"] == (
+        0.34,
+        ["new0", "new1", "new2"],
+    )
 
 
 def test_lower_throughput_is_a_regression() -> None:
     history = [report.history_line(_run())]
-    failures = report.gate(_run(http_batch32_c8_workers2_rps=1000.0), history)
-    assert [failure.split(" ")[0] for failure in failures] == ["http_batch32_c8_workers2_rps"]
+    failures = report.gate(_run(http_c8_workers2_per_calibration=0.5), history)
+    assert _failed(failures) == ["http_c8_workers2_per_calibration"]
 
 
 def test_only_runs_of_the_same_machine_class_are_compared() -> None:
-    history = [report.history_line(_run(kernels_us={"numba": {"p50": 10.0, "cpu_p50": 10.0}}))]
+    history = [report.history_line(_run(kernels_per_calibration=0.2))]
     history.append(report.history_line(_run(machine_class="arm-other-8cpu")))
     assert report.gate(_run(machine_class="arm-other-8cpu"), history) == []
-    assert report.gate(_run(), history) != []
+    assert _failed(report.gate(_run(), history)) == ["kernels_per_calibration"]
+
+
+def test_runs_of_another_yardstick_are_not_compared() -> None:
+    """Editing the yardstick changes every ratio; earlier versions are not a baseline."""
+    history = [report.history_line(_run(calibration_version=0, kernels_per_calibration=0.2))]
+    assert report.gate(_run(), history) == []
+    assert report.baselines(report.history_line(_run()), history) == {}
+
+
+def test_runs_recorded_before_the_yardstick_are_ignored() -> None:
+    line = report.history_line(_run())
+    for key in report.TRACKED:
+        del line[key]
+    del line["calibration_version"]
+    assert report.gate(_run(), [line]) == []
 
 
 class _Remeasured:
@@ -110,7 +168,8 @@ def test_a_deliberately_slowed_kernel_fails_the_gate(monkeypatch: pytest.MonkeyP
 
     The slowdown (20 ms of busy CPU per call, against a pass of a few milliseconds) dwarfs
     any noise, so this tests the gate, not the machine. It burns CPU rather than sleeping
-    because the gate tracks in-process medians in CPU time.
+    because the gate tracks in-process figures in CPU time, in units of the yardstick timed
+    in the same rounds (which the slowdown must not touch).
     """
     healthy = runner.base_report("quick")
     runner.record_kernels(healthy, inprocess.bench_kernels(rounds=3, budget_s=5.0))
@@ -130,4 +189,4 @@ def test_a_deliberately_slowed_kernel_fails_the_gate(monkeypatch: pytest.MonkeyP
     runner.record_kernels(slowed, inprocess.bench_kernels(rounds=3, budget_s=5.0))
     failures = report.gate(slowed, history)
     assert any(failure.startswith("ratio_kernels_vs_polars") for failure in failures)
-    assert any(failure.startswith("kernels_numba_cpu_us_p50") for failure in failures)
+    assert any(failure.startswith("kernels_per_calibration") for failure in failures)

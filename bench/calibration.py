@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from typing import Any
 
 from .harness import Sample
@@ -72,23 +71,6 @@ def work(rounds: int = 6) -> float:
         rows.sort(key=lambda row: (row.label, row.ratio))
         total += sum(len(row.label) for row in rows)
     return total
-
-
-def measure(seconds: float, warmup: int = 5) -> Sample:
-    """Time :func:`work` alone for about ``seconds`` (the HTTP sections' yardstick)."""
-    for _ in range(warmup):
-        work()
-    times: list[float] = []
-    cpu: list[float] = []
-    clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 5:
-        cpu_mark = cpu_clock()
-        mark = clock()
-        work()
-        times.append((clock() - mark) / 1e3)
-        cpu.append((cpu_clock() - cpu_mark) / 1e3)
-    return Sample("calibration", tuple(times), tuple(cpu))
 
 
 def per_unit(sample: Sample, yardstick: Sample) -> float:

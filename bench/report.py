@@ -29,19 +29,21 @@ RATIO_FLOORS: dict[str, float] = {
     "ratio_ort_vs_xgboost_routed": 1.5,
 }
 
-#: Figures tracked from run to run: history key → True when higher is better. Each is a median
-#: in units of the yardstick (``bench/calibration.py``) timed in the same rounds of the same
-#: process, never a bare median: this machine class's speed moves 1.5–2× between hours, which
-#: a bare median cannot tell from a regression. In-process figures are in thread CPU time;
-#: HTTP figures are wall clock against the yardstick timed around them, and a regression there
-#: is re-measured once before the gate believes it (see ``runner``). The bare medians stay in
-#: the history for the chart and for people.
+#: Figures tracked from run to run: history key → True when higher is better.
+#:
+#: In-process figures are never bare medians: this machine class's CPU speed moves 1.5× from
+#: one hour to the next, which a bare median cannot tell from a regression. They are thread-CPU
+#: medians in units of the yardstick (``bench/calibration.py``) timed in the same interleaved
+#: rounds of the same thread. HTTP figures are bare wall-clock medians: a request crosses two
+#: processes on two cores, which a yardstick in one process does not measure (in four runs its
+#: ratio to HTTP c1 spread 2.0–3.2 while HTTP c1 itself spread 1.90–2.16 ms); a regression
+#: there is re-measured once before the gate believes it (see ``runner``).
 TRACKED: dict[str, bool] = {
     "pipeline_per_calibration": False,
     "kernels_per_calibration": False,
     "ort_per_calibration": False,
-    "http_c1_per_calibration": False,
-    "http_c8_workers2_per_calibration": True,
+    "http_batch32_c1_ms_p50": False,
+    "http_batch32_c8_workers2_rps": True,
 }
 
 #: A tracked figure this much worse than its baseline fails the gate.
@@ -148,11 +150,15 @@ def _git(*args: str) -> str:
 
 
 def commit_info() -> dict[str, Any]:
-    """HEAD's short hash, the branch, and whether tracked files differ from it."""
+    """HEAD's short hash, the branch, and whether tracked files (bar the history) differ."""
     return {
         "commit": _git("rev-parse", "--short=12", "HEAD") or "unknown",
         "branch": _git("rev-parse", "--abbrev-ref", "HEAD") or "unknown",
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # The history file itself is not code: a run that appended to it leaves the tree as
+        # clean as it found it for the next one.
+        "dirty": bool(
+            _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/history")
+        ),
     }
 
 
@@ -207,7 +213,8 @@ def history_line(report: Mapping[str, Any]) -> dict[str, Any]:
         "calibration_version": report.get("calibration_version"),
     }
     for name in (*RATIO_FLOORS, *TRACKED):
-        line[name] = _get(report, name)
+        if name not in line:
+            line[name] = _get(report, name)
     return line
 
 
@@ -236,21 +243,20 @@ def baselines(
 ) -> dict[str, tuple[float, list[str]]]:
     """Tracked key → (its baseline, the commits it came from) for ``current``'s history line.
 
-    Only runs of the same machine class and yardstick version count; the baseline is the
-    median of the last :data:`BASELINE_RUNS` values recorded for the key.
+    Only runs of the same machine class count, and for yardstick figures only runs of the
+    same yardstick version; the baseline is the median of the last :data:`BASELINE_RUNS`
+    values recorded for the key.
     """
-    comparable = [
-        run
-        for run in history
-        if run.get("machine_class") == current["machine_class"]
-        and run.get("calibration_version") == current.get("calibration_version")
-    ]
+    same_class = [run for run in history if run.get("machine_class") == current["machine_class"]]
+    version = current.get("calibration_version")
     result: dict[str, tuple[float, list[str]]] = {}
     for key in TRACKED:
         recent = [
             (float(run[key]), str(run.get("commit", "?")))
-            for run in comparable
-            if isinstance(run.get(key), int | float) and run[key] > 0
+            for run in same_class
+            if isinstance(run.get(key), int | float)
+            and run[key] > 0
+            and (not key.endswith("_per_calibration") or run.get("calibration_version") == version)
         ][-BASELINE_RUNS:]
         if recent:
             result[key] = (statistics.median(value for value, _ in recent), [c for _, c in recent])
@@ -261,7 +267,7 @@ def gate(report: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> lis
     """Return every reason this run is a regression (empty when it passes).
 
     Two checks, both robust to a noisy machine: ratios measured in this same run against
-    their floors, and each tracked figure (in yardstick units) against its baseline from
+    their floors, and each tracked figure against its baseline from
     earlier runs on the same machine class, failing only when it is more than 50 % worse.
     """
     failures = []
@@ -427,7 +433,7 @@ def render_table(report: Mapping[str, Any]) -> str:
                 f"{', '.join(retried['sections'])} again; {len(gate_result['failures'])} recurred"
             )
             lines += [f"  (first) {failure}" for failure in retried["first_failures"]]
-        lines.append("tracked, in yardstick units (this run / baseline):")
+        lines.append("tracked (this run / baseline; *_per_calibration in yardstick units):")
         known = gate_result.get("baselines", {})
         for key in TRACKED:
             value = _get(report, key)

@@ -121,12 +121,8 @@ class _Suite:
             result["ready_seconds"] = round(server.ready_seconds, 3)
             first = loadtest.first_request_ms(port, self.bodies[-1])
             result["first_request_ms"] = round(first, 3)
-            before = calibration.measure(YARDSTICK_S)
             c1 = loadtest.load(port, self.bodies, 1, self.budget.http_c1_s)
-            yardstick = _pooled(before, calibration.measure(YARDSTICK_S))
         result["http_batch32_c1_ms"] = c1.as_dict() | {"p50": c1.p50_ms, "p99": c1.p99_ms}
-        _record_yardstick(result, "http_one_worker", yardstick)
-        result["http_c1_per_calibration"] = round(c1.p50_ms * 1e3 / yardstick.p50, 3)
         _peer_ratio(result)
 
     def http_two_workers(self, result: dict[str, Any]) -> None:
@@ -138,20 +134,15 @@ class _Suite:
             # Readiness answers as soon as one worker is up; a short untimed run lets the
             # other finish its start-up before anything is measured.
             loadtest.load(port, self.bodies, 8, 2.0)
-            before = calibration.measure(YARDSTICK_S)
             for connections in (8, 64):
                 run = loadtest.load(port, self.bodies, connections, self.budget.http_load_s)
                 result[f"http_batch32_c{connections}_workers2"] = run.as_dict() | {
                     "p50": run.p50_ms,
                     "p99": run.p99_ms,
                 }
-            yardstick = _pooled(before, calibration.measure(YARDSTICK_S))
         # Throughput counts answered batches: a 503 (shed) is not a batch served.
         c8 = result["http_batch32_c8_workers2"]
         result["http_batch32_c8_workers2_rps"] = round(c8["ok_rps"], 1)
-        _record_yardstick(result, "http_two_workers", yardstick)
-        # Batches answered per yardstick-time: higher is better, like the rate itself.
-        result["http_c8_workers2_per_calibration"] = round(c8["ok_rps"] * yardstick.p50 / 1e6, 4)
 
     def http_peer(self, result: dict[str, Any]) -> None:
         """The previous design at concurrency 1."""
@@ -180,18 +171,10 @@ _SECTION_OF = {
     "pipeline_per_calibration": ("in_process",),
     "ratio_ort_vs_xgboost_routed": ("in_process",),
     "ort_per_calibration": ("in_process",),
-    "http_c1_per_calibration": ("http_one_worker",),
-    "http_c8_workers2_per_calibration": ("http_two_workers",),
+    "http_batch32_c1_ms_p50": ("http_one_worker",),
+    "http_batch32_c8_workers2_rps": ("http_two_workers",),
     "ratio_vs_previous_design": ("http_one_worker", "http_peer"),
 }
-
-#: Seconds of yardstick before and after each HTTP measurement (in the bench process, while
-#: the server idles), pooled: the HTTP figures are gated in its units.
-YARDSTICK_S = 0.5
-
-
-def _pooled(first: Sample, second: Sample) -> Sample:
-    return Sample("calibration", first.times_us + second.times_us, first.cpu_us + second.cpu_us)
 
 
 def _record_yardstick(result: dict[str, Any], section: str, yardstick: Sample) -> None:

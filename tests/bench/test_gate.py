@@ -31,8 +31,6 @@ def _run(machine_class: str = "x86-test-2cpu", **metrics: Any) -> dict[str, Any]
         "pipeline_per_calibration": 1.6,
         "kernels_per_calibration": 1.3,
         "ort_per_calibration": 0.34,
-        "http_c1_per_calibration": 1.8,
-        "http_c8_workers2_per_calibration": 1.1,
     }
     result.update(metrics)
     return result
@@ -48,13 +46,12 @@ def test_a_run_like_the_last_one_passes() -> None:
 
 
 def test_a_slower_machine_is_not_a_regression() -> None:
-    """Bare medians twice as slow, the same in yardstick units: the machine, not the code."""
+    """In-process medians twice as slow, the same in yardstick units: the machine, not the code."""
     history = [report.history_line(_run())]
     slower_machine = _run(
         pipeline_batch32_us={"p50": 600.0, "p99": 1200.0, "cpu_p50": 580.0},
         kernels_us={"numba": {"p50": 200.0, "cpu_p50": 190.0}},
-        http_batch32_c1_ms={"p50": 1.8, "p99": 4.0},
-        http_batch32_c8_workers2_rps=1000.0,
+        inference_us={"routed": {"onnxruntime": {"p50": 160.0, "cpu_p50": 156.0}}},
     )
     assert report.gate(slower_machine, history) == []
 
@@ -97,8 +94,14 @@ def test_only_the_last_three_runs_make_the_baseline() -> None:
 
 def test_lower_throughput_is_a_regression() -> None:
     history = [report.history_line(_run())]
-    failures = report.gate(_run(http_c8_workers2_per_calibration=0.5), history)
-    assert _failed(failures) == ["http_c8_workers2_per_calibration"]
+    failures = report.gate(_run(http_batch32_c8_workers2_rps=1000.0), history)
+    assert _failed(failures) == ["http_batch32_c8_workers2_rps"]
+
+
+def test_http_is_tracked_on_the_wall_clock() -> None:
+    history = [report.history_line(_run())]
+    failures = report.gate(_run(http_batch32_c1_ms={"p50": 1.5, "p99": 3.0}), history)
+    assert _failed(failures) == ["http_batch32_c1_ms_p50"]
 
 
 def test_only_runs_of_the_same_machine_class_are_compared() -> None:
@@ -109,16 +112,18 @@ def test_only_runs_of_the_same_machine_class_are_compared() -> None:
 
 
 def test_runs_of_another_yardstick_are_not_compared() -> None:
-    """Editing the yardstick changes every ratio; earlier versions are not a baseline."""
+    """Editing the yardstick changes every ratio; earlier versions are not a baseline for them."""
     history = [report.history_line(_run(calibration_version=0, kernels_per_calibration=0.2))]
     assert report.gate(_run(), history) == []
-    assert report.baselines(report.history_line(_run()), history) == {}
+    kept = report.baselines(report.history_line(_run()), history)
+    assert sorted(kept) == ["http_batch32_c1_ms_p50", "http_batch32_c8_workers2_rps"]
 
 
 def test_runs_recorded_before_the_yardstick_are_ignored() -> None:
-    line = report.history_line(_run())
+    line = report.history_line(_run(kernels_us={"numba": {"p50": 10.0, "cpu_p50": 10.0}}))
     for key in report.TRACKED:
-        del line[key]
+        if key.endswith("_per_calibration"):
+            del line[key]
     del line["calibration_version"]
     assert report.gate(_run(), [line]) == []
 

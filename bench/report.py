@@ -435,11 +435,13 @@ def render_table(report: Mapping[str, Any]) -> str:
             lines += [f"  (first) {failure}" for failure in retried["first_failures"]]
         lines.append("tracked (this run / baseline; *_per_calibration in yardstick units):")
         known = gate_result.get("baselines", {})
+        line = history_line(report)
         for key in TRACKED:
-            value = _get(report, key)
+            value = line.get(key)
+            now = f"{value:.4g}" if isinstance(value, int | float) else "—"
             baseline = known.get(key)
             against = f"{baseline['value']:.4g}" if baseline else "none yet"
-            lines.append(f"  {key:<36} {_fmt(value, 3):>8} / {against}")
+            lines.append(f"  {key:<36} {now:>8} / {against}")
         if gate_result["failures"]:
             lines.append("regression gate: FAIL")
             lines += [f"  - {failure}" for failure in gate_result["failures"]]

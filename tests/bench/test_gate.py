@@ -128,6 +128,27 @@ def test_runs_recorded_before_the_yardstick_are_ignored() -> None:
     assert report.gate(_run(), [line]) == []
 
 
+def test_the_table_shows_every_tracked_figure_beside_its_baseline() -> None:
+    history = [report.history_line(_run())]
+    run = _run(http_batch32_c8_workers2_rps=1900.0)
+    run["machine"] |= {"cpu": "Test CPU", "cores": 2}
+    baselines = report.baselines(report.history_line(run), history)
+    run["gate"] = {
+        "failures": report.gate(run, history),
+        "retried": None,
+        "baselines": {key: {"value": v, "commits": c} for key, (v, c) in baselines.items()},
+    }
+    table = report.render_table(run)
+    for key, expected in (
+        ("pipeline_per_calibration", "1.6 / 1.6"),
+        ("http_batch32_c1_ms_p50", "0.9 / 0.9"),
+        ("http_batch32_c8_workers2_rps", "1900 / 2000"),
+    ):
+        row = next(text for text in table.splitlines() if text.strip().startswith(key))
+        assert row.split(key)[1].split() == expected.split(), row
+    assert "regression gate: pass" in table
+
+
 class _Remeasured:
     """A suite whose second measurement of the kernels is healthy again."""
 
@@ -180,7 +201,7 @@ def test_a_deliberately_slowed_kernel_fails_the_gate(monkeypatch: pytest.MonkeyP
     runner.record_kernels(healthy, inprocess.bench_kernels(rounds=3, budget_s=5.0))
     history = [report.history_line(healthy)]
 
-    real_market_block = feature_passes.market_block
+    from kernels.market import market_block as real_market_block
 
     def slowed_market_block(*args: Any) -> np.ndarray:
         deadline = time.perf_counter() + 0.02

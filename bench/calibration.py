@@ -1,12 +1,12 @@
-"""The yardstick: a fixed piece of Python work timed beside every tracked benchmark.
+"""The yardstick: a fixed piece of Python work timed beside every in-process benchmark.
 
 On a shared VM the same code measures 950 µs one hour and 1,900 µs the next; the CPU's
-speed moves, not the code's. So the regression gate does not compare medians between runs;
-it compares *ratios* — each tracked median divided by this workload's median, timed in the
-same interleaved rounds of the same process, so a slow or busy machine moves both alike.
-Measured on this machine class with a busy neighbour core, a memory-bandwidth hog and
-nothing else running, the pipeline's ratio stayed within 1.60–1.78 while its median moved
-1.5× (``bench/README.md``).
+speed moves, not the code's. So the regression gate does not compare in-process medians
+between runs; it compares *ratios* — each tracked thread-CPU median divided by this
+workload's, timed in the same interleaved rounds of the same thread, so a slow or busy
+machine moves both alike. Over 17 runs (idle, a busy neighbour core, a memory-bandwidth hog)
+the pipeline's ratio stayed within 1.60–1.78 while its median moved 1,730–2,260 µs
+(``bench/README.md``, which also says why HTTP is not measured against it).
 
 The workload looks like the request path's interpreter work — validate a batch of order
 dicts, sort strikes, build cache keys, look them up, format labels, a little float math —

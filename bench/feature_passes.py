@@ -19,7 +19,7 @@ from inference.orders import build_batch
 from inference.schema import BATCH_DECODER
 from kernels import reference
 from kernels.market import BAR_NS, market_block, snapshot_arrays, vix_block
-from kernels.orders import OrderColumns
+from kernels.orders import COLUMN_LAYOUT, OrderColumns
 from kernels.registry import MARKET_INDICATORS, ORDER_FEATURES, STRATEGIES, VIX_FEATURES
 from kernels.trade import order_features
 from providers.synthetic import SyntheticProvider
@@ -149,28 +149,9 @@ def _vix_expressions(bounds: tuple[float, float, float]) -> list[pl.Expr]:
 
 
 def _order_frame(columns: OrderColumns) -> pl.DataFrame:
+    # Every one-dimensional column of the kernel's layout; the 4-wide ones are split below.
     data: dict[str, np.ndarray] = {
-        name: getattr(columns, name)
-        for name in (
-            "t_ns",
-            "strategy",
-            "action",
-            "option_type",
-            "quantity",
-            "premium",
-            "predicted",
-            "price",
-            "n_strikes",
-            "risk",
-            "reward",
-            "short_term",
-            "long_term",
-            "expected_move",
-            "low",
-            "high",
-            "target1",
-            "target2",
-        )
+        name: getattr(columns, name) for name, (_, width) in COLUMN_LAYOUT.items() if width == 0
     }
     for k in range(4):
         data[f"s{k + 1}"] = columns.strikes[:, k]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from kernels.orders import OrderColumns
+from kernels._checks import F8
+from kernels.orders import COLUMN_LAYOUT, OrderColumns
 from kernels.reference import ReferenceOrder
 from kernels.registry import STRATEGIES
 
@@ -39,6 +40,12 @@ def assert_row_matches(
     assert not mismatched, f"{context}\n" + "\n".join(mismatched)
 
 
+#: The one-dimensional float columns, copied from a reference order field by field.
+SCALAR_FIELDS = tuple(
+    name for name, (dtype, width) in COLUMN_LAYOUT.items() if dtype == F8 and width == 0
+)
+
+
 def order_columns(orders: Sequence[ReferenceOrder]) -> OrderColumns:
     """Build the kernel's column batch from reference orders."""
     cols = OrderColumns.empty(len(orders))
@@ -50,22 +57,9 @@ def order_columns(orders: Sequence[ReferenceOrder]) -> OrderColumns:
         strikes = sorted(order["strikes"])
         cols.strikes[i, : len(strikes)] = strikes
         cols.n_strikes[i] = len(strikes)
-        for name in (
-            "quantity",
-            "premium",
-            "predicted",
-            "price",
-            "risk",
-            "reward",
-            "short_term",
-            "long_term",
-            "expected_move",
-            "low",
-            "high",
-            "target1",
-            "target2",
-        ):
-            getattr(cols, name)[i] = order[name]
+        fields: Mapping[str, object] = order  # read by computed name below
+        for name in SCALAR_FIELDS:
+            getattr(cols, name)[i] = fields[name]
         cols.bids[i] = order["bids"]
         cols.asks[i] = order["asks"]
     return cols
